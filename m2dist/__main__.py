@@ -1,0 +1,3 @@
+from m2dist.cli.main import main
+
+raise SystemExit(main())

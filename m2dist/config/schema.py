@@ -1,0 +1,113 @@
+"""The typed configuration tree of an m2dist run.
+
+Every YAML file under ``configs/`` resolves onto :class:`Config`. Key names here are a public
+contract: scripts, sweeps and users override them on the command line (``trainer.max_steps=100``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from m2dist.models.config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    # Prepared MDS directory (``m2dist prep`` output); splits live in sub-folders.
+    path: str = ""
+    # Sentencepiece model; the model's vocabulary size follows it unless model.vocab_size is set.
+    tokenizer: str = ""
+    # What the samples are read as: next-token LM, masked LM, or labelled images.
+    kind: Literal["causal_lm", "mlm", "image"] = "causal_lm"
+    train_split: str = "train"
+    eval_split: str = "val"
+    # MLM masking rate (the M2-BERT recipe trains at 30%).
+    mlm_probability: float = 0.3
+    shuffle: bool = True
+    shuffle_seed: int = 9176
+    num_workers: int = 0
+    # Optional streaming cache/remote for datasets that live on object stores.
+    remote: Optional[str] = None
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw"] = "adamw"
+    lr: float = 6.0e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1.0e-8
+    # Implicit long-conv filter parameters get their own group (the public code drops it silently).
+    filter_lr: Optional[float] = None
+    filter_weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 0
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    # The floor the decay reaches at trainer.max_steps, as a fraction of optimizer.lr.
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class ParallelConfig:
+    # Tensor-parallel size; the data-parallel size is world_size / tensor.
+    tensor: int = 1
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    # "auto": bf16 on GPU, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # A user's own ds_config JSON; when set it is used as given (batch sizes are still checked).
+    config_file: Optional[str] = None
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "checkpoints"
+    # Save every N optimizer steps (0: only at the end).
+    every: int = 0
+    keep_last: int = 3
+    async_save: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 10
+    tensorboard: bool = True
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    seed: int = 1234
+    # Metrics, TensorBoard events and logs.
+    run_dir: str = "runs/default"
+    # "auto": newest complete checkpoint in checkpoint.dir; "none": start fresh; or a path.
+    resume: str = "auto"
+    global_batch_size: int = 8
+    micro_batch_size: int = 4
+    grad_clip: float = 1.0
+    eval_every: int = 0
+    eval_steps: int = 10
+    activation_checkpointing: bool = False
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one install: a virtual environment in .venv with the exact versions CI uses, and m2dist in it.
+# pyproject.toml declares ranges (a user brings their own CUDA torch); the pins live here.
+# torch 2.14.1 + torchvision 0.29.1 are the builds under which `import streaming` works on CPU
+# (shared/reference/stack-facts.md); their wheels come from the machine's local index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+PINS=(
+  torch==2.14.1 torchvision==0.29.1
+  deepspeed==0.19.8 megatron-core==0.16.1 mosaicml-streaming==0.13.0
+  sentencepiece==0.2.3 tensorboard==2.21.0 triton==3.8.0 numpy==2.1.3
+  zstandard==0.25.0 einops==0.8.2 PyYAML tqdm pillow safetensors matplotlib
+  pytest==9.2.0 pytest-timeout
+)
+
+# Skip the install when nothing it depends on changed (re-runs of the two README commands).
+stamp=.venv/.m2dist-install-stamp
+want=$(cat scripts/setup.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "setup: .venv is up to date"
+  exit 0
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+echo "setup: installing into .venv (first time: ~4 min, mostly torch from the local wheel cache)"
+.venv/bin/python -m pip install --disable-pip-version-check -q "${PINS[@]}" -e '.[dev]'
+.venv/bin/python - <<'PY'
+import torch, deepspeed, megatron.core, streaming, sentencepiece, m2dist  # noqa: F401  fail loudly here, not mid-test
+print(f"setup: ok (torch {torch.__version__}, deepspeed {deepspeed.__version__})")
+PY
+echo "$want" > "$stamp"

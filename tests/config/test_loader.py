@@ -1,0 +1,107 @@
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from m2dist.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_defaults_and_types(tmp_path):
+    cfg = load_config(write(tmp_path / "a.yaml", "trainer:\n  max_steps: 7\n"))
+    assert isinstance(cfg, Config)
+    assert cfg.trainer.max_steps == 7
+    assert cfg.trainer.resume == "auto"
+    assert cfg.parallel.tensor == 1
+
+
+def test_extends_merges_in_order_and_file_wins(tmp_path):
+    write(tmp_path / "base.yaml", """
+        trainer: {max_steps: 10, seed: 1}
+        optimizer: {lr: 0.1}
+    """)
+    write(tmp_path / "mid.yaml", """
+        extends: base.yaml
+        trainer: {seed: 2}
+    """)
+    top = write(tmp_path / "top.yaml", """
+        extends: [mid.yaml]
+        optimizer: {weight_decay: 0.0}
+    """)
+    cfg = load_config(top)
+    assert (cfg.trainer.max_steps, cfg.trainer.seed) == (10, 2)
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.1, 0.0)
+
+
+def test_dotted_overrides_are_typed(tmp_path):
+    cfg = load_config(
+        write(tmp_path / "a.yaml", "{}"),
+        ["trainer.max_steps=100", "parallel.tensor=2", "optimizer.lr=3e-4", "optimizer.betas=[0.9,0.98]",
+         "checkpoint.dir=/tmp/x", "trainer.resume=none", "deepspeed.zero_stage=3"],
+    )
+    assert cfg.trainer.max_steps == 100 and cfg.parallel.tensor == 2
+    assert cfg.optimizer.lr == pytest.approx(3e-4)
+    assert cfg.optimizer.betas == (0.9, 0.98)
+    assert cfg.checkpoint.dir == "/tmp/x" and cfg.trainer.resume == "none"
+    assert cfg.deepspeed.zero_stage == 3
+
+
+def test_unknown_key_names_nearest_and_command_line():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["trainer.max_stepz=1"])
+    msg = str(err.value)
+    assert "trainer.max_stepz" in msg and "command line" in msg and "trainer.max_steps" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_key_in_file_names_file(tmp_path):
+    path = write(tmp_path / "bad.yaml", "checkpoint:\n  evry: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "checkpoint.evry" in msg and "checkpoint.every" in msg
+
+
+def test_unknown_key_in_base_file_names_the_base(tmp_path):
+    base = write(tmp_path / "base.yaml", "trainer:\n  sed: 1\n")
+    top = write(tmp_path / "top.yaml", "extends: base.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(top)
+    assert str(base) in str(err.value) and "trainer.seed" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [("trainer.max_steps=ten", "int"), ("trainer.compile=maybe", "bool"),
+     ("deepspeed.precision=fp8", "'bf16'"), ("optimizer.betas=[1]", "tuple"), ("trainer=3", "mapping")],
+)
+def test_wrong_type_names_key_and_expected_type(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert override.split("=")[0] in str(err.value) and expected in str(err.value)
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path / "broken.yaml", "trainer:\n  max_steps: [1, 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "invalid YAML" in str(err.value)
+
+
+def test_missing_extends_and_cycles_are_reported(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(write(tmp_path / "a.yaml", "extends: nope.yaml\n"))
+    write(tmp_path / "x.yaml", "extends: y.yaml\n")
+    write(tmp_path / "y.yaml", "extends: x.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "x.yaml")
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(None, ["trainer.max_steps=5", "optimizer.filter_lr=1e-5"])
+    again = config_from_dict(config_to_dict(cfg))
+    assert again == cfg

@@ -1,0 +1,41 @@
+"""Suite-wide set-up: CPU-only distributed defaults and a clean slate for streaming's shared memory."""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+
+import pytest
+
+# 2 cores, several ranks: one thread each. DeepSpeed must not probe for accelerators or JIT-build its shm op.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _clean_streaming_leftovers() -> None:
+    # streaming leaks these after kill -9 and never removes its /tmp filelocks (stack-facts §5);
+    # a stale prefix can make a later StreamingDataset refuse its local directory.
+    for path in glob.glob("/dev/shm/[0-9][0-9][0-9][0-9][0-9][0-9]_*") + glob.glob(
+        "/tmp/[0-9][0-9][0-9][0-9][0-9][0-9]_*_filelock"
+    ):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def pytest_sessionstart(session) -> None:
+    _clean_streaming_leftovers()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _clean_streaming_leftovers()
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
