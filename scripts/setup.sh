@@ -26,7 +26,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 echo "setup: installing into .venv (first time: ~4 min, mostly torch from the local wheel cache)"
 .venv/bin/python -m pip install --disable-pip-version-check -q "${PINS[@]}" -e '.[dev]'
-.venv/bin/python - <<'PY'
+.venv/bin/python -W ignore - <<'PY'
 import torch, deepspeed, megatron.core, streaming, sentencepiece, m2dist  # noqa: F401  fail loudly here, not mid-test
 print(f"setup: ok (torch {torch.__version__}, deepspeed {deepspeed.__version__})")
 PY

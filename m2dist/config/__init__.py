@@ -5,6 +5,7 @@ from m2dist.config.loader import (
     config_to_yaml,
     load_config,
 )
+from m2dist.config.model import ModelConfig
 from m2dist.config.schema import (
     CheckpointConfig,
     Config,
@@ -18,7 +19,7 @@ from m2dist.config.schema import (
 )
 
 __all__ = [
-    "CheckpointConfig", "Config", "ConfigError", "DataConfig", "DeepSpeedConfig", "LoggingConfig",
+    "CheckpointConfig", "Config", "ConfigError", "DataConfig", "DeepSpeedConfig", "LoggingConfig", "ModelConfig",
     "OptimizerConfig", "ParallelConfig", "ScheduleConfig", "TrainerConfig",
     "config_from_dict", "config_to_dict", "config_to_yaml", "load_config",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from m2dist.models.config import ModelConfig
+from m2dist.config.model import ModelConfig
 
 
 @dataclass
@@ -80,6 +80,9 @@ class LoggingConfig:
     every: int = 10
     tensorboard: bool = True
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # Write the global batch's sample ids per step to <run_dir>/sample_ids.jsonl (proves no sample is repeated or
+    # skipped across resumes; costs a gather per step).
+    sample_ids: bool = False
 
 
 @dataclass
@@ -94,6 +97,7 @@ class TrainerConfig:
     micro_batch_size: int = 4
     grad_clip: float = 1.0
     eval_every: int = 0
+    # Micro-batches per rank per evaluation; 0: the whole eval split.
     eval_steps: int = 10
     activation_checkpointing: bool = False
     compile: bool = False

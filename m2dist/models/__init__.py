@@ -5,7 +5,7 @@ flops_per_token, count_parameters, ModelConfig.
 """
 
 from m2dist.models.build import build_model
-from m2dist.models.config import ModelConfig
+from m2dist.config.model import ModelConfig
 from m2dist.models.flops import flops_per_token
 from m2dist.models.optim import count_parameters, optimizer_groups
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2dist.models.config import ModelConfig
+from m2dist.config.model import ModelConfig
 from m2dist.models.init import init_embedding_, init_linear_
 
 

@@ -7,7 +7,7 @@ from torch import nn
 from m2dist.models.attention import SelfAttention
 from m2dist.models.bert import BertForMaskedLM
 from m2dist.models.blocks import M2BertLayer, PostNormBlock, PreNormBlock
-from m2dist.models.config import ModelConfig
+from m2dist.config.model import ModelConfig
 from m2dist.models.dense_mlp import DenseMLP
 from m2dist.models.gpt import CausalLM
 from m2dist.models.monarch_mlp import MonarchGLU

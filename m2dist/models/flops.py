@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from m2dist.models.build import CAUSAL_ARCHS, VISION_ARCHS, is_m2
-from m2dist.models.config import ModelConfig
+from m2dist.config.model import ModelConfig
 
 
 def rfft_flops(n: int) -> float:

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from m2dist.models.config import ModelConfig
+from m2dist.config.model import ModelConfig
 from m2dist.models.init import init_embedding_, init_linear_
 
 

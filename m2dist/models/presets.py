@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 from typing import Callable
 
-from m2dist.models.config import ModelConfig
+from m2dist.config.model import ModelConfig
 
 BERT_VOCAB = 30528  # bert-base-uncased's 30522, padded to a multiple of 8
 GPT_VOCAB = 50304  # GPT-2's 50257, padded to a multiple of 64

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from m2dist.models.config import ModelConfig
+from m2dist.config.model import ModelConfig
 from m2dist.models.init import init_linear_
 
 
