@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from m2dist.kernels import dispatch
+
 from m2dist.monarch.structured import StructuredLinear, init_bias_, init_block_weight_
 
 
@@ -28,6 +30,9 @@ class BlockDiagonalLinear(StructuredLinear):
             init_bias_(self.bias, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = dispatch.block_diagonal(x, self.weight, self.bias)  # Triton kernel on GPU, else None
+        if y is not None:
+            return y
         nb, q, p = self.weight.shape
         # (..., nb*p) -> (..., nb, p); one batched GEMM over the block index.
         y = torch.einsum("...bp,bqp->...bq", x.reshape(*x.shape[:-1], nb, p), self.weight)

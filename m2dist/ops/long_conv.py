@@ -10,6 +10,8 @@ from typing import Optional
 
 import torch
 
+from m2dist.kernels import dispatch
+
 
 def long_conv(u: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor] = None,
               skip: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -31,6 +33,9 @@ def long_conv(u: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor
     for name, k in (("k_fwd", k_fwd), ("k_rev", k_rev)):
         if k is not None and tuple(k.shape) != (channels, length):
             raise ValueError(f"long_conv: {name} must be (H, L) = ({channels}, {length}), got {tuple(k.shape)}")
+    fused = dispatch.long_conv(u, k_fwd, k_rev, skip)  # Triton/cuFFT path on GPU, else None
+    if fused is not None:
+        return fused
     n = 2 * length
     dtype = torch.promote_types(u.dtype, torch.float32)
     kernel = k_fwd.to(dtype)

@@ -1,0 +1,210 @@
+"""Kernel micro-benchmarks on the GPU, against ceilings measured in the same run.
+
+    python3 benchmarks/kernel_bench.py            # writes benchmarks/results/kernel_bench.json (or $OUT/...)
+
+Block-diagonal: M = 65536 tokens (BERT-base, 32K tokens x 2 for headroom, as the anchor), the GLU's two layers
+(768 -> 6144 and 3072 -> 768) at nblocks 4 and the first at 1 and 16, forward and forward+backward, as TFLOP/s and
+as a fraction of a dense GEMM of the same (M, in, out) shape. Long conv: 32768 tokens x 768 channels at L in
+{1024, 4096, 16384}, causal and bidirectional, as GB/s of the fewest bytes (u and y in bf16, k in fp32) against
+the copy ceiling; also cuFFT's own rfft+irfft pair, the floor of any cuFFT-based path.
+Env: ``PARTS`` (blockdiag,long_conv), ``M2_REFERENCE_DIR`` adds the public reference's blockdiag_multiply and fftconv_ref; ``QUICK=1`` fewer shapes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ceilings, emit, env_info, kernels, save, timed  # noqa: E402
+
+from m2dist.kernels.block_diagonal import block_diagonal_matmul  # noqa: E402
+from m2dist.kernels.fft_conv import fft_long_conv  # noqa: E402
+from m2dist.kernels import monarch_fft_conv  # noqa: E402
+from m2dist.ops import long_conv  # noqa: E402
+
+QUICK = os.environ.get("QUICK") == "1"
+
+
+class backend:
+    """``with backend("cublas"):`` times the block-diagonal autograd.Function on its cuBLAS backend."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.prev = os.environ.get("M2DIST_BLOCKDIAG")
+        os.environ["M2DIST_BLOCKDIAG"] = self.name
+
+    def __exit__(self, *exc):
+        if self.prev is None:
+            os.environ.pop("M2DIST_BLOCKDIAG", None)
+        else:
+            os.environ["M2DIST_BLOCKDIAG"] = self.prev
+
+
+REF_DIR = os.environ.get("M2_REFERENCE_DIR")
+SMOKE = not torch.cuda.is_available()  # CPU smoke run of the script itself (tiny shapes, interpreter)
+dev, bf16 = ("cpu" if SMOKE else "cuda"), torch.bfloat16
+
+
+def _reference_ops():
+    if not REF_DIR:
+        return None, None
+    sys.path.insert(0, REF_DIR)
+    from src.mm.blockdiag_multiply import blockdiag_multiply
+    from src.mm.hyena_utils import fftconv_ref
+
+    return blockdiag_multiply, fftconv_ref
+
+
+def block_diagonal_rows(ceil: dict, ref_bd) -> list:
+    rows = []
+    M = 64 if SMOKE else 65536
+    cases = [(32, 64, 2)] if SMOKE else [(768, 6144, 4), (3072, 768, 4)] if QUICK else [(768, 6144, 4), (3072, 768, 4), (768, 6144, 1), (768, 6144, 16)]
+    for d_in, d_out, nb in cases:
+        p, q = d_in // nb, d_out // nb
+        x = torch.randn(M, d_in, device=dev, dtype=bf16, requires_grad=True)
+        w = (torch.randn(nb, q, p, device=dev) / p**0.5).to(bf16).requires_grad_()
+        wd = (torch.randn(d_out, d_in, device=dev) / d_in**0.5).to(bf16).requires_grad_()
+        gy = torch.randn(M, d_out, device=dev, dtype=bf16)
+        flops = 2 * M * d_in * d_out / nb
+        dense_flops = 2 * M * d_in * d_out
+        min_bytes = (x.numel() + w.numel() + M * d_out) * 2
+        einsum = lambda: torch.einsum("mbp,bqp->mbq", x.view(M, nb, p), w).reshape(M, d_out)  # the layer's own path
+
+        def train(f):
+            def step():
+                x.grad = w.grad = wd.grad = None
+                f().backward(gy)
+            return step
+
+        with torch.no_grad(), backend("triton"):
+            t_tri = timed(lambda: block_diagonal_matmul(x, w), reps=20)
+        with torch.no_grad():
+            t_ein = timed(einsum, reps=20)
+            t_dense = timed(lambda: F.linear(x, wd), reps=20)
+            t_ref = timed(lambda: ref_bd(x, w), reps=20) if ref_bd else None
+        with torch.no_grad(), backend("cublas"):
+            t_cub = timed(lambda: block_diagonal_matmul(x, w), reps=20)
+        with backend("triton"):
+            tt_tri = timed(train(lambda: block_diagonal_matmul(x, w)), reps=10)
+        tt_ein = timed(train(einsum), reps=10)
+        with backend("cublas"):
+            tt_cub = timed(train(lambda: block_diagonal_matmul(x, w)), reps=10)
+        tt_dense = timed(train(lambda: F.linear(x, wd)), reps=10)
+        name = f"blockdiag_{M}x{d_in}->{d_out}_nb{nb}"
+        dense_rate = dense_flops / t_dense / 1e12
+        row = dict(micro=name,
+                   fwd_triton_tflops=round(flops / t_tri / 1e12, 1),
+                   fwd_triton_GBps_min_bytes=round(min_bytes / t_tri / 1e9),
+                   fwd_einsum_tflops=round(flops / t_ein / 1e12, 1),
+                   fwd_cublas_strided_tflops=round(flops / t_cub / 1e12, 1),
+                   fwd_cublas_pct_of_dense=round(100 * flops / t_cub / 1e12 / dense_rate, 1),
+                   fwd_dense_same_shape_tflops=round(dense_rate, 1),
+                   fwd_triton_pct_of_dense=round(100 * flops / t_tri / 1e12 / dense_rate, 1),
+                   fwd_triton_pct_of_copy_bw=round(100 * min_bytes / t_tri / 1e9 / ceil["d2d_copy_2GiB_GBps"], 1),
+                   train_triton_tflops=round(3 * flops / tt_tri / 1e12, 1),
+                   train_einsum_tflops=round(3 * flops / tt_ein / 1e12, 1),
+                   train_cublas_strided_tflops=round(3 * flops / tt_cub / 1e12, 1),
+                   train_cublas_pct_of_dense=round(100 * (flops / tt_cub) / (dense_flops / tt_dense), 1),
+                   train_dense_same_shape_tflops=round(3 * dense_flops / tt_dense / 1e12, 1),
+                   train_triton_pct_of_dense=round(100 * (flops / tt_tri) / (dense_flops / tt_dense), 1))
+        if t_ref:
+            row["fwd_public_ref_tflops"] = round(flops / t_ref / 1e12, 1)
+        rows.append(emit(row))
+        del x, w, wd, gy
+        torch.cuda.empty_cache() if not SMOKE else None
+    return rows
+
+
+def long_conv_rows(ceil: dict, ref_fft) -> list:
+    rows = []
+    H = 8 if SMOKE else 768
+    for L in (16, 256) if SMOKE else ((1024, 16384) if QUICK else (1024, 2048, 4096, 16384)):
+        B = 2 if SMOKE else 32768 // L
+        for bidir in (True, False):
+            u = torch.randn(B, H, L, device=dev, dtype=bf16, requires_grad=True)
+            kf = (torch.randn(H, L, device=dev) / L**0.5).requires_grad_()
+            kr = (torch.randn(H, L, device=dev) / L**0.5).requires_grad_() if bidir else None
+            skip = torch.randn(H, device=dev, requires_grad=True)
+            gy = torch.randn_like(u)
+            nk = 2 if bidir else 1
+            fwd_bytes = 2 * u.numel() * 2 + nk * kf.numel() * 4
+            # backward: read dy and u, write du; read k, write dk
+            train_bytes = fwd_bytes + 3 * u.numel() * 2 + 2 * nk * kf.numel() * 4
+
+            def train(f):
+                def step():
+                    u.grad = kf.grad = skip.grad = None
+                    if kr is not None:
+                        kr.grad = None
+                    f().backward(gy)
+                return step
+
+            fused = lambda: fft_long_conv(u, kf, kr, skip)  # noqa: E731
+            with kernels(False):
+                ref = lambda: long_conv(u, kf, kr, skip)  # noqa: E731
+                with torch.no_grad():
+                    t_ref = timed(ref, reps=20)
+                tt_ref = timed(train(ref))
+            with torch.no_grad():
+                t_fused = timed(fused, reps=20)
+                n = 2 * L
+                uf = u.detach().float()
+                t_pair = timed(lambda: torch.fft.irfft(torch.fft.rfft(uf, n=n), n=n), reps=20)
+                del uf
+                t_pub = None
+                if ref_fft:
+                    bias = skip.detach()[None, :, None]
+                    krd = kr.detach() if bidir else None
+                    t_pub = timed(lambda: ref_fft(u.detach(), kf.detach(), bias, None, gelu=False, k_rev=krd), reps=20)
+            tt_fused = timed(train(fused))
+            monarch = {}
+            if monarch_fft_conv.supports(L):  # opt-in kernel: a failure here is recorded, not fatal
+                mon = lambda: monarch_fft_conv.monarch_long_conv(u, kf, kr, skip)  # noqa: E731
+                try:
+                    with torch.no_grad(), kernels(False):
+                        y_ref = ref().float()
+                        err = ((mon().float() - y_ref).norm() / y_ref.norm()).item()
+                        t_mon = timed(mon, reps=20)
+                    tt_mon = timed(train(mon))
+                    monarch = dict(monarch_rel_err_vs_ref=float(f"{err:.2e}"), fwd_monarch_ms=round(t_mon * 1e3, 3),
+                                   fwd_monarch_pct_of_copy_bw=round(100 * fwd_bytes / t_mon / 1e9 / ceil["d2d_copy_2GiB_GBps"], 1),
+                                   train_monarch_ms=round(tt_mon * 1e3, 3))
+                except Exception as e:  # noqa: BLE001
+                    monarch = dict(monarch_error=repr(e)[:300])
+            copy = ceil["d2d_copy_2GiB_GBps"]
+            row = dict(micro=f"long_conv_{'bidir' if bidir else 'causal'}_B{B}_H{H}_L{L}",
+                       fwd_fused_ms=round(t_fused * 1e3, 3), fwd_ref_ms=round(t_ref * 1e3, 3),
+                       fwd_fused_GBps_min_bytes=round(fwd_bytes / t_fused / 1e9),
+                       fwd_fused_pct_of_copy_bw=round(100 * fwd_bytes / t_fused / 1e9 / copy, 1),
+                       fwd_ref_GBps_min_bytes=round(fwd_bytes / t_ref / 1e9),
+                       cufft_rfft_irfft_pair_ms=round(t_pair * 1e3, 3),
+                       train_fused_ms=round(tt_fused * 1e3, 3), train_ref_ms=round(tt_ref * 1e3, 3),
+                       train_fused_GBps_min_bytes=round(train_bytes / tt_fused / 1e9),
+                       train_fused_pct_of_copy_bw=round(100 * train_bytes / tt_fused / 1e9 / copy, 1))
+            row.update(monarch)
+            if t_pub:
+                row["fwd_public_fftconv_ref_ms"] = round(t_pub * 1e3, 3)
+            rows.append(emit(row))
+            del u, kf, kr, skip, gy
+            torch.cuda.empty_cache() if not SMOKE else None if not SMOKE else None
+    return rows
+
+
+def main():
+    info = emit(env_info())
+    ceil = emit(ceilings())
+    ref_bd, ref_fft = _reference_ops()
+    parts = os.environ.get("PARTS", "blockdiag,long_conv").split(",")
+    rows = (block_diagonal_rows(ceil, ref_bd) if "blockdiag" in parts else []) + \
+        (long_conv_rows(ceil, ref_fft) if "long_conv" in parts else [])
+    save("kernel_bench.json", dict(info=info, ceilings=ceil, rows=rows,
+                                   command="python3 benchmarks/kernel_bench.py"))
+
+
+if __name__ == "__main__":
+    main()

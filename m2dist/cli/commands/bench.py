@@ -1,0 +1,35 @@
+"""``m2dist bench kernels|layers|profile``: run the GPU benchmark scripts in ``benchmarks/`` (see its README).
+
+The scripts read their knobs from the environment (LENS, QUICK, M2_REFERENCE_DIR, OUT, ...); this command only
+locates and runs them, so ``m2dist bench layers`` and ``python3 benchmarks/layer_bench.py`` are the same run.
+"""
+
+from __future__ import annotations
+
+SCRIPTS = {"kernels": "kernel_bench.py", "layers": "layer_bench.py", "profile": "profile_layer.py"}
+
+
+def _run(args) -> int:
+    import os
+    import runpy
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    path = os.path.join(root, "benchmarks", SCRIPTS[args.what])
+    if not os.path.exists(path):
+        print(f"m2dist bench: {path} not found (run from a source checkout)", file=sys.stderr)
+        return 2
+    import torch
+
+    if not torch.cuda.is_available():
+        print("m2dist bench: needs a CUDA device (see benchmarks/README.md)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, os.path.dirname(path))
+    runpy.run_path(path, run_name="__main__")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="GPU benchmarks: kernels, layer stacks, a step profile")
+    parser.add_argument("what", choices=sorted(SCRIPTS), help="which benchmark script to run")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,66 @@
+"""The one place that decides whether a reference op runs through a Triton kernel.
+
+The reference modules call these first and use their own PyTorch path when they return None:
+
+    # m2dist/ops/long_conv.py, first line of long_conv():
+    y = dispatch.long_conv(u, k_fwd, k_rev, skip)
+    if y is not None: return y
+    # m2dist/monarch/ BlockDiagonalLinear.forward():
+    y = dispatch.block_diagonal(x, self.weight, self.bias)
+    if y is not None: return y
+
+A kernel is used when the tensors are on a CUDA device, Triton imports, ``M2DIST_KERNELS`` is not ``0``, and the
+shape is one the kernel covers; everything else (CPU, odd shapes, fp32 block-diagonal outside autocast) returns
+None. ``M2DIST_LONGCONV=monarch`` opts into the Monarch-FFT long conv (not yet measured on a GPU; fft otherwise).
+On CPU the kernels can still be called directly through the interpreter, which is how the tests run them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from m2dist.kernels._triton import kernels_enabled
+
+
+def _on_gpu(t: torch.Tensor) -> bool:
+    return kernels_enabled() and t.is_cuda
+
+
+def long_conv(u: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor] = None,
+              skip: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """The fused long convolution for CUDA tensors, else None (caller falls back to the reference)."""
+    if not _on_gpu(u) or u.dim() != 3:
+        return None
+    if os.environ.get("M2DIST_LONGCONV", "fft") == "monarch":  # opt-in until it is measured on a GPU
+        from m2dist.kernels import monarch_fft_conv
+
+        if monarch_fft_conv.supports(u.shape[-1]):
+            return monarch_fft_conv.monarch_long_conv(u, k_fwd, k_rev, skip)
+    from m2dist.kernels.fft_conv import fft_long_conv
+
+    return fft_long_conv(u, k_fwd, k_rev, skip)
+
+
+def block_diagonal(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """x (..., nb*p) -> (..., nb*q) with weight (nb, q, p), on the Triton kernel; None when not applicable.
+
+    Follows autocast like the reference layer: inside an autocast region x, weight and bias are cast to the autocast
+    dtype (the casts stay in the autograd graph, so fp32 master weights get fp32 gradients). Outside autocast, only
+    bf16/fp16 inputs take the kernel (fp32 would run on tf32 tensor cores, less accurate than the reference).
+    """
+    if not _on_gpu(x):
+        return None
+    nb, q, p = weight.shape
+    if x.shape[-1] != nb * p:  # padded layer (nb does not divide in_features): reference path
+        return None
+    if torch.is_autocast_enabled("cuda"):
+        dt = torch.get_autocast_dtype("cuda")
+        x, weight = x.to(dt), weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
+    elif x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+        return None
+    from m2dist.kernels.block_diagonal import block_diagonal_matmul
+
+    return block_diagonal_matmul(x, weight, bias)
