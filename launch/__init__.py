@@ -1,0 +1,1 @@
+"""Process-launch glue: find out which launcher started us and initialise ``torch.distributed``."""

@@ -1,0 +1,114 @@
+"""The autograd-aware tensor-parallel collectives the sharded layers use, and the TP group they run on.
+
+Four of them come from megatron-core's ``tensor_parallel.mappings`` (the same functions its Column/RowParallelLinear
+use); one (``scatter_blocks``) is M2-specific:
+
+==========================  ================================  ===============================================
+function                    forward                           backward
+==========================  ================================  ===============================================
+``copy_to_tp``              identity                          all-reduce (sum) of the input's gradient
+``reduce_from_tp``          all-reduce (sum)                  identity
+``gather_last_dim``         all-gather, concat on last dim    keep this rank's slice (no communication)
+``scatter_blocks``          keep this rank's chunks (no comm) all-gather of the chunks' gradients
+==========================  ================================  ===============================================
+
+Why the wrapper around megatron's ``copy_to``: megatron's ``_reduce`` runs ``all_reduce(input_.contiguous())`` and
+returns the *original* tensor (stack-facts §3), so a non-contiguous upstream gradient (e.g. one that went through a
+``transpose`` or an ``expand``) would silently lose the reduction. ``_ContiguousGrad`` sits just after ``copy_to`` and
+makes every gradient that reaches it contiguous.
+
+On CPU, megatron's all-gather allocates with ``torch.cuda.current_device()``: ``groups.apply_megatron_cpu_patch()``
+(applied by ``init_groups``) points it at the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def tp_group():
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_group()
+
+
+def tp_rank() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_rank()
+
+
+def tp_size() -> int:
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return 1
+    return parallel_state.get_tensor_model_parallel_world_size()
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+def copy_to_tp(x: torch.Tensor) -> torch.Tensor:
+    """Enter a tensor-parallel region with a replicated input: identity forward, all-reduce of the grad backward."""
+    from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+    return _ContiguousGrad.apply(copy_to_tensor_model_parallel_region(x))
+
+
+def reduce_from_tp(x: torch.Tensor) -> torch.Tensor:
+    """Leave a tensor-parallel region by summing partial results (row-parallel output)."""
+    from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
+
+    return reduce_from_tensor_model_parallel_region(x.contiguous())
+
+
+def gather_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """Leave a tensor-parallel region whose output is channel-sharded (contiguous slices in rank order)."""
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    return gather_from_tensor_model_parallel_region(x.contiguous())
+
+
+def _chunk_ids(rank: int, size: int, stride: int) -> list[int]:
+    """Chunks a rank owns when a dimension is cut into ``stride * size`` equal chunks (megatron's ``partition_stride``
+    convention): ``rank, rank + size, rank + 2*size, ...``."""
+    return [rank + s * size for s in range(stride)]
+
+
+class _ScatterBlocks(torch.autograd.Function):
+    """Forward: this rank's chunks (megatron stride layout) of a replicated last dim, no communication.
+    Backward: the chunks' gradients are disjoint across ranks, so the full gradient is an all-gather (half the bytes
+    of the all-reduce that ``copy_to_tp`` + slicing would cost), put back in channel order."""
+
+    @staticmethod
+    def forward(ctx, x, stride, rank, size, group):
+        ctx.stride, ctx.rank, ctx.size, ctx.group = stride, rank, size, group
+        chunks = x.chunk(stride * size, dim=-1)
+        return torch.cat([chunks[c] for c in _chunk_ids(rank, size, stride)], dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        stride, size = ctx.stride, ctx.size
+        grad = grad.contiguous()
+        parts = [torch.empty_like(grad) for _ in range(size)]
+        dist.all_gather(parts, grad, group=ctx.group)
+        # parts[r] holds rank r's chunks [r, r+size, ...]; full chunk c = s*size + r is parts[r]'s s-th chunk.
+        per_rank = [p.chunk(stride, dim=-1) for p in parts]
+        full = torch.cat([per_rank[r][s] for s in range(stride) for r in range(size)], dim=-1)
+        return full, None, None, None, None
+
+
+def scatter_blocks(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """This rank's ``stride`` chunks of the replicated ``x``'s last dim (cut into ``stride * tp`` chunks)."""
+    return _ScatterBlocks.apply(x, stride, tp_rank(), tp_size(), tp_group())

@@ -1,0 +1,85 @@
+"""What a batch means for each model family: the training loss and the evaluation statistics.
+
+Language models: ``labels`` are the targets of each position (the reader aligns them; -100 = ignored), so the loss
+is a plain token-mean cross-entropy. Images: one label per image.
+
+A tensor-parallel model whose logits are sharded over the vocabulary exposes
+``parallel_cross_entropy(logits, labels) -> per-position losses``; the trainer then uses it instead of
+``F.cross_entropy`` (megatron-core's vocab-parallel cross-entropy never gathers the full logits).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from m2dist.config.schema import Config
+
+IGNORE_INDEX = -100
+
+
+def task_of(cfg: Config) -> str:
+    arch = cfg.model.arch
+    if arch in ("m2_vit", "vit"):
+        return "image"
+    if arch in ("m2_bert", "bert"):
+        return "mlm"
+    return "causal_lm"
+
+
+def _per_token_loss(model, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    parallel: Optional[Callable] = getattr(model, "parallel_cross_entropy", None)
+    if parallel is not None:
+        return parallel(logits, labels)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(labels.shape)
+
+
+def forward(engine, batch: dict, task: str, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of one micro-batch (inputs moved to the engine's device and dtype)."""
+    labels = batch["labels"].to(device)
+    if task == "image":
+        logits = engine(batch["images"].to(device=device, dtype=dtype))
+    else:
+        mask = batch.get("attention_mask")
+        ids = batch["input_ids"].to(device)
+        logits = engine(ids, mask.to(device)) if mask is not None else engine(ids)
+    return logits, labels
+
+
+def training_loss_sum(model, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of the micro-batch's per-target losses (the trainer divides by the global batch's target count)."""
+    losses = _per_token_loss(model, logits, labels)
+    valid = (labels != IGNORE_INDEX).to(losses.dtype)
+    return (losses * valid).sum()
+
+
+@torch.no_grad()
+def per_sample_stats(model, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, int, int]]:
+    """(loss sum, counted targets, correct predictions) per sample: evaluation merges them by sample id, so the
+    result does not depend on how samples were spread over ranks (or padded by the reader)."""
+    losses = _per_token_loss(model, logits, labels).float()
+    # Vocab-parallel logits hold V/k columns per rank: the argmax must be taken over the whole vocabulary.
+    argmax = getattr(model, "parallel_argmax", None) or (lambda x: x.argmax(-1))
+    if labels.dim() == 1:  # images
+        correct = (logits.argmax(-1) == labels).long()
+        return [(losses[i].item(), 1, int(correct[i])) for i in range(labels.shape[0])]
+    valid = labels != IGNORE_INDEX
+    correct = (argmax(logits) == labels) & valid
+    sums = (losses * valid).sum(1)
+    return [(sums[i].item(), int(valid[i].sum()), int(correct[i].sum())) for i in range(labels.shape[0])]
+
+
+def summarize(task: str, loss_sum: float, count: int, correct: int) -> dict:
+    import math
+
+    loss = loss_sum / max(count, 1)
+    accuracy = correct / max(count, 1)
+    if task == "causal_lm":
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+    if task == "mlm":
+        return {"eval_loss": loss, "eval_accuracy": accuracy}
+    return {"eval_loss": loss, "eval_top1": accuracy}

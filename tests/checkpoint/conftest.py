@@ -1,0 +1,8 @@
+"""The checkpoint tests share the trainer tests' data, configs and runs (made once per session, on disk)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
+
+from conftest_shared import configs, run, sample_data  # noqa: E402,F401

@@ -1,0 +1,157 @@
+"""The project's sbatch script on a real 2-node Slurm cluster (network namespaces, gloo across them).
+
+Jobs get whole nodes (OverSubscribe=EXCLUSIVE), so they run one after another; fixtures submit some early so
+that the queue never idles while a test inspects results.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from m2dist.slurm import records
+from m2dist.slurm.status import job_info
+from tests.slurm.slurm_helpers import (
+    SMOKE_CONFIG, m2dist, job_logs, processes_of_job, run_overrides, sbatch, state,
+    wait_done, wait_for,
+)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+STEPS = 30
+CHECKPOINT_EVERY = 10
+JOB_TIMEOUT_S = 600  # includes waiting in the queue behind an earlier test's jobs
+# Killing one rank must end the whole job within this (torchrun notices in 1 s, srun --kill-on-bad-exit ends the
+# other node, Slurm's KillWait is 5 s on the test cluster): a hang would hold the nodes for the full time limit.
+FAIL_TIMEOUT_S = 60
+
+
+def _final(run_dir) -> dict:
+    metrics = records.train_metrics(run_dir)
+    assert metrics, f"no metrics in {run_dir}\n{job_logs(run_dir)}"
+    return metrics[-1]
+
+
+def _outcomes(run_dir) -> list[str]:
+    return [a["outcome"] for a in records.attempts(run_dir) if a["event"] == "end"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(slurm_cluster, train_overrides, tmp_path_factory):
+    """An uninterrupted 2-node run, submitted the plain way: `sbatch --nodes=2 slurm/train.sbatch CONFIG ...`.
+    Submitted without waiting: the preemption test's job queues behind it."""
+    run_dir = tmp_path_factory.mktemp("slurm-runs") / "reference"
+    job = sbatch(["--nodes=2", "slurm/train.sbatch", str(SMOKE_CONFIG), *train_overrides, *run_overrides(run_dir),
+                  f"trainer.max_steps={STEPS}", f"checkpoint.every={CHECKPOINT_EVERY}"])
+    return job, run_dir
+
+
+@pytest.fixture(scope="module")
+def sweep_run(slurm_cluster, train_overrides, tmp_path_factory):
+    """The two-job sweep, submitted before the kill test's jobs; the sweep test reports on it."""
+    out = tmp_path_factory.mktemp("slurm-sweep") / "sweep"
+    submitted = m2dist("sweep", "--out-dir", str(out), "sweeps/smoke-nodes.yaml", *train_overrides)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    return out
+
+
+def test_usr1_saves_requeues_and_resumes_to_the_same_loss(reference_run, train_overrides, tmp_path):
+    reference_job, reference_dir = reference_run
+    run_dir = tmp_path / "preempted"
+    submit = m2dist("slurm", "submit", "--config", str(SMOKE_CONFIG), "--nodes", "2", "--time", "00:20:00",
+                    *train_overrides, *run_overrides(run_dir), f"trainer.max_steps={STEPS}",
+                    f"checkpoint.every={CHECKPOINT_EVERY}")
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    job = records.job_ids(run_dir)[-1]
+    assert (run_dir / "slurm" / "job.sbatch").is_file()
+
+    wait_for(lambda: len(records.train_metrics(run_dir)) >= 2, JOB_TIMEOUT_S, "two logged steps", interval=0.05)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+    # The job requeues itself: pending again, same id, Restarts=1 (the test cluster holds it for cred_expire=10 s).
+    wait_for(lambda: (job_info(job) or {}).get("Restarts") == "1", 120, "the job to requeue itself")
+    assert wait_done(job, JOB_TIMEOUT_S, run_dir) == "COMPLETED", job_logs(run_dir)
+
+    assert _outcomes(run_dir) == ["requeued", "completed"], records.attempts(run_dir)
+    assert not (run_dir / "PREEMPTED").exists()
+    second = (run_dir / "logs" / f"{job}.1")
+    resumed = [line for p in second.glob("node*.log") for line in p.read_text().splitlines() if "resumed from" in line]
+    assert resumed, job_logs(run_dir)
+    saved_at = int(resumed[0].split("at step")[1].split()[0])
+    assert 2 <= saved_at < STEPS, resumed  # the preemption checkpoint, not a scheduled one or the end
+    assert wait_done(reference_job, JOB_TIMEOUT_S, reference_dir) == "COMPLETED", job_logs(reference_dir)
+    final, reference = _final(run_dir), _final(reference_dir)
+    assert final["step"] == reference["step"] == STEPS
+    assert final["loss"] == pytest.approx(reference["loss"], rel=1e-6, abs=1e-7)
+
+
+def test_two_node_cpu_job_completes_with_checkpoints_and_metrics(reference_run):
+    job, run_dir = reference_run
+    assert wait_done(job, JOB_TIMEOUT_S, run_dir) == "COMPLETED", job_logs(run_dir)
+    assert _final(run_dir)["step"] == STEPS
+    steps = sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*"))
+    assert STEPS in steps and len(steps) >= 2, steps  # scheduled saves, the final one among them
+    (start,) = [a for a in records.attempts(run_dir) if a["event"] == "start"]
+    assert (start["nodes"], start["world_size"]) == (2, 2)
+    # One log per node: both namespaces ran a torchrun, and they met in one rendezvous on node1.
+    logs = run_dir / "logs" / f"{job}.0"
+    assert {p.name for p in logs.glob("node*.log")} == {"node1.log", "node2.log"}
+    assert "rendezvous node1:" in (logs / "node2.log").read_text()
+    status = m2dist("slurm", "status", str(run_dir))
+    assert status.returncode == 0, status.stderr
+    assert f"job          {job} COMPLETED" in status.stdout and f"step {STEPS}" in status.stdout, status.stdout
+
+
+def test_killed_rank_fails_the_job_and_a_resubmission_resumes(slurm_cluster, train_overrides, tmp_path, sweep_run):
+    run_dir = tmp_path / "killed"
+    args = ["--nodes=2", "slurm/train.sbatch", str(SMOKE_CONFIG), *train_overrides, *run_overrides(run_dir),
+            f"trainer.max_steps={STEPS}", "checkpoint.every=4"]
+    # The trainer's test hook: after step 4 and its checkpoint every rank idles (and rank 0 writes PAUSED), so the
+    # kill lands at a known step, and no collective is in flight that would end the other node by itself.
+    job = sbatch(args, env={**os.environ, "M2DIST_TEST_PAUSE_AFTER_STEP": "4"})
+    wait_for(lambda: (run_dir / "PAUSED").exists() or state(job) in ("FAILED", "COMPLETED"), JOB_TIMEOUT_S,
+             "the paused trainer")
+    assert (run_dir / "PAUSED").exists(), job_logs(run_dir)
+    trainers = [pid for pid, env, cmd in processes_of_job(job)
+                if env.get("SLURMD_NODENAME") == "node2" and "LOCAL_RANK" in env and " train " in cmd]
+    assert len(trainers) == 1, processes_of_job(job)
+    os.kill(trainers[0], signal.SIGKILL)
+    final_state = wait_done(job, FAIL_TIMEOUT_S, run_dir)
+    assert final_state == "FAILED", job_logs(run_dir)
+    wait_for(lambda: not processes_of_job(job), 30, f"no process of job {job} left")
+    assert _outcomes(run_dir) == ["failed"]
+
+    (run_dir / "PAUSED").unlink()
+    again = sbatch(args)
+    assert wait_done(again, JOB_TIMEOUT_S, run_dir) == "COMPLETED", job_logs(run_dir)
+    resumed = [line for p in (run_dir / "logs" / f"{again}.0").glob("node*.log") for line in p.read_text().splitlines()
+               if "resumed from" in line]
+    assert resumed and "at step 4" in resumed[0], job_logs(run_dir)
+    assert _final(run_dir)["step"] == STEPS
+    assert _outcomes(run_dir) == ["failed", "completed"]
+
+
+def test_two_job_sweep_runs_and_is_reported(sweep_run):
+    out = sweep_run
+    manifest = json.loads((out / "sweep.json").read_text())
+    jobs = {p["label"]: p["job_id"] for p in manifest["points"]}
+    assert set(jobs) == {"n1", "n2"}, jobs
+    for label, job in jobs.items():
+        assert wait_done(job, JOB_TIMEOUT_S, out / label) == "COMPLETED", job_logs(out / label)
+
+    report = m2dist("sweep", "report", str(out))
+    assert report.returncode == 0, report.stdout + report.stderr
+    with open(out / "report.csv") as f:
+        rows = {int(r["gpus"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {1, 2}, rows
+    assert all(float(r["tokens_per_s"]) > 0 for r in rows.values())
+    assert float(rows[1]["scaling_efficiency"]) == pytest.approx(1.0)
+    assert 0 < float(rows[2]["scaling_efficiency"])
+    assert "| run | model |" in (out / "report.md").read_text()
+    for png in ("scaling_vs_gpus.png", "scaling_vs_seq_len.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png

@@ -1,0 +1,67 @@
+"""Fast unit tests of the trainer's pure parts: LR schedule, generated ds_config, activation-checkpointing option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from m2dist.config import load_config
+from m2dist.config.schema import Config, ScheduleConfig
+from m2dist.train.engine import build_ds_config, gradient_accumulation_steps
+from m2dist.train.schedule import lr_multiplier
+
+
+def test_schedule_warmup_then_decay_to_floor():
+    cos = ScheduleConfig(warmup_steps=4, decay="cosine", min_lr_ratio=0.1)
+    assert [lr_multiplier(s, cos, 104) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_multiplier(4, cos, 104) == pytest.approx(1.0)
+    assert lr_multiplier(54, cos, 104) == pytest.approx(0.55)  # half-way: floor + (1 - floor) / 2
+    assert lr_multiplier(104, cos, 104) == pytest.approx(0.1)
+    assert lr_multiplier(500, cos, 104) == pytest.approx(0.1)  # stays at the floor past max_steps
+    lin = ScheduleConfig(warmup_steps=0, decay="linear", min_lr_ratio=0.02)
+    assert lr_multiplier(0, lin, 100) == 1.0 and lr_multiplier(50, lin, 100) == pytest.approx(0.51)
+    assert lr_multiplier(100, lin, 100) == pytest.approx(0.02)
+    assert lr_multiplier(7, ScheduleConfig(decay="constant"), 100) == 1.0
+
+
+def test_ds_config_from_m2dist_config(tmp_path):
+    cfg = load_config(None, ["trainer.global_batch_size=64", "trainer.micro_batch_size=4", "deepspeed.zero_stage=3",
+                             "trainer.grad_clip=0.5"])
+    assert gradient_accumulation_steps(cfg, 4) == 4
+    ds = build_ds_config(cfg, 4, "cpu")
+    assert ds["train_batch_size"] == 64 and ds["train_micro_batch_size_per_gpu"] == 4
+    assert ds["gradient_accumulation_steps"] == 4 and ds["zero_optimization"] == {"stage": 3}
+    assert ds["gradient_clipping"] == 0.5 and "bf16" not in ds  # fp32 on CPU
+    assert build_ds_config(cfg, 4, "cuda:0")["bf16"] == {"enabled": True}
+    with pytest.raises(ValueError, match="not a multiple"):
+        gradient_accumulation_steps(cfg, 3)
+    # A user's own ds_config: used as given, batch keys filled in or checked.
+    own = tmp_path / "ds.json"
+    own.write_text(json.dumps({"train_batch_size": "auto", "zero_optimization": {"stage": 2, "overlap_comm": True}}))
+    cfg.deepspeed.config_file = str(own)
+    ds = build_ds_config(cfg, 4, "cpu")
+    assert ds["zero_optimization"]["overlap_comm"] and ds["train_batch_size"] == 64
+    own.write_text(json.dumps({"train_batch_size": 32}))
+    with pytest.raises(ValueError, match="disagrees"):
+        build_ds_config(cfg, 4, "cpu")
+
+
+def test_activation_checkpointing_keeps_names_and_gradients():
+    from m2dist.models import build_model
+    from m2dist.train.engine import apply_layer_options
+
+    cfg = load_config(str(__import__("m2dist_run").REPO / "configs/models/m2-gpt-tiny.yaml"))
+    torch.manual_seed(0)
+    plain = build_model(cfg.model)
+    torch.manual_seed(0)
+    wrapped = build_model(cfg.model)
+    cfg.trainer.activation_checkpointing = True
+    apply_layer_options(wrapped, cfg)
+    assert list(plain.state_dict()) == list(wrapped.state_dict())  # checkpoints do not depend on the option
+    ids = torch.randint(0, cfg.model.vocab_size, (2, 32))
+    for m in (plain, wrapped):
+        m(ids).float().pow(2).mean().backward()
+    for (n, a), (_, b) in zip(plain.named_parameters(), wrapped.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=n)
