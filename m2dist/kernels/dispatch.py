@@ -21,11 +21,16 @@ from typing import Optional
 
 import torch
 
-from m2dist.kernels._triton import kernels_enabled
 
 
 def _on_gpu(t: torch.Tensor) -> bool:
-    return kernels_enabled() and t.is_cuda
+    if not t.is_cuda:
+        return False
+    # Imported only once a CUDA tensor shows up: importing triton fixes its interpreter mode for the process, and the
+    # CPU path should not pay for it.
+    from m2dist.kernels._triton import kernels_enabled
+
+    return kernels_enabled()
 
 
 def long_conv(u: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor] = None,
