@@ -148,8 +148,6 @@ class CheckpointManager:
                 if name.startswith(".tmp_step_"):
                     log.warning("removing uncommitted checkpoint %s", os.path.join(self.root, name))
                     shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
-        if ckpt_cfg.async_save:
-            log.warning("checkpoint.async_save is not implemented yet; saving synchronously")
         _barrier()
 
     # ------------------------------------------------------------------ save

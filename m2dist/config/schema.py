@@ -72,7 +72,6 @@ class CheckpointConfig:
     # Save every N optimizer steps (0: only at the end).
     every: int = 0
     keep_last: int = 3
-    async_save: bool = False
 
 
 @dataclass
