@@ -12,6 +12,11 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton fixes interpreter mode when it is first imported, and DeepSpeed imports it: set the mode before any test
+# module loads, so the kernel tests run through the CPU interpreter whatever ran first. On the GPU machine,
+# M2DIST_GPU_TESTS=1 compiles them instead.
+if os.environ.get("M2DIST_GPU_TESTS") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _clean_streaming_leftovers() -> None:
