@@ -60,50 +60,31 @@ def ceilings() -> dict:
     return dict(dense_gemm_8192_bf16_tflops=round(gemm, 1), d2d_copy_2GiB_GBps=round(copy))
 
 
-def route_project_layers_to_kernels() -> None:
-    """Make the project's layers call `m2dist.kernels.dispatch` (toggle with env M2DIST_KERNELS=0/1).
-
-    Until the one-line hooks land in m2dist/ops/long_conv.py and m2dist/monarch/blockdiag.py, this wraps the
-    two entry points the models use. Once they land it is a harmless double check (dispatch answers first).
-    """
-    from m2dist.kernels import dispatch
-    import m2dist.models.sequence_mixer as sm
-    from m2dist.monarch import BlockDiagonalLinear
-
-    if getattr(sm, "_kernels_routed", False):
-        return
-    ref_long_conv = sm.long_conv
-
-    def long_conv(u, k_fwd, k_rev=None, skip=None):
-        y = dispatch.long_conv(u, k_fwd, k_rev, skip)
-        return ref_long_conv(u, k_fwd, k_rev, skip) if y is None else y
-
-    ref_forward = BlockDiagonalLinear.forward
-
-    def forward(self, x):
-        y = dispatch.block_diagonal(x, self.weight, self.bias)
-        return ref_forward(self, x) if y is None else y
-
-    sm.long_conv = long_conv
-    BlockDiagonalLinear.forward = forward
-    sm._kernels_routed = True
+PATHS = {  # which of the project's code paths a benchmark row runs (env read by m2dist.kernels.dispatch)
+    "fused": {"M2DIST_KERNELS": "1", "M2DIST_FUSED": "1"},  # fused mixer core + GLU, block-diagonal kernel
+    "kernels": {"M2DIST_KERNELS": "1", "M2DIST_FUSED": "0"},  # per-op kernels only: long conv, block-diagonal
+    "torch": {"M2DIST_KERNELS": "0"},  # the PyTorch reference path
+}
 
 
 class kernels:
-    """Context manager: ``with kernels(False): ...`` runs the reference PyTorch paths."""
+    """Context manager: ``with kernels("torch"): ...`` runs the reference PyTorch paths (see ``PATHS``); a bool
+    means "fused" (True) or "torch" (False)."""
 
-    def __init__(self, on: bool):
-        self.on = on
+    def __init__(self, path):
+        self.env = PATHS[{True: "fused", False: "torch"}.get(path, path)]
 
     def __enter__(self):
-        self.prev = os.environ.get("M2DIST_KERNELS")
-        os.environ["M2DIST_KERNELS"] = "1" if self.on else "0"
+        self.prev = {k: os.environ.get(k) for k in ("M2DIST_KERNELS", "M2DIST_FUSED")}
+        os.environ.pop("M2DIST_FUSED", None)
+        os.environ.update(self.env)
 
     def __exit__(self, *exc):
-        if self.prev is None:
-            os.environ.pop("M2DIST_KERNELS", None)
-        else:
-            os.environ["M2DIST_KERNELS"] = self.prev
+        for k, v in self.prev.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def env_info() -> dict:

@@ -7,7 +7,10 @@ Block-diagonal: M = 65536 tokens (BERT-base, 32K tokens x 2 for headroom, as the
 as a fraction of a dense GEMM of the same (M, in, out) shape. Long conv: 32768 tokens x 768 channels at L in
 {1024, 4096, 16384}, causal and bidirectional, as GB/s of the fewest bytes (u and y in bf16, k in fp32) against
 the copy ceiling; also cuFFT's own rfft+irfft pair, the floor of any cuFFT-based path.
-Env: ``PARTS`` (blockdiag,long_conv), ``M2_REFERENCE_DIR`` adds the public reference's blockdiag_multiply and fftconv_ref; ``QUICK=1`` fewer shapes.
+Mixer core: the whole fused mixer core (short conv, gates, both long convs, skips; m2dist/kernels/m2_mixer.py)
+at 32768 tokens x 768 channels against the per-op-kernel and PyTorch paths of ``m2dist.ops.mixer_core``, as % of
+the copy ceiling counting the fewest bytes (z, u in, y out; backward dy, z, u in, dz, du out).
+Env: ``PARTS`` (blockdiag,long_conv,mixer), ``M2_REFERENCE_DIR`` adds the public reference's blockdiag_multiply and fftconv_ref; ``QUICK=1`` fewer shapes.
 """
 from __future__ import annotations
 
@@ -195,13 +198,59 @@ def long_conv_rows(ceil: dict, ref_fft) -> list:
     return rows
 
 
+def mixer_rows(ceil):
+    """The fused mixer core (m2dist.ops.mixer_core on the fused path) against the per-op-kernel and PyTorch paths of
+    the same op, at BERT-base width and 32K tokens, bidirectional with the residual long conv, bf16 z (autocast)."""
+    from m2dist.ops import mixer_core
+
+    rows, H = [], (8 if SMOKE else 768)
+    lens = [16] if SMOKE else ([2048] if QUICK else [1024, 2048, 16384])
+    copy = ceil["d2d_copy_2GiB_GBps"]
+    for L in lens:
+        B = 2 if SMOKE else 32768 // L
+        g = torch.Generator(device=dev).manual_seed(0)
+        z = torch.randn(B, L, 3 * H, device=dev, generator=g).to(bf16).requires_grad_()
+        u = torch.randn(B, L, H, device=dev, generator=g, requires_grad=True)
+        w, b = torch.randn(3 * H, 1, 3, device=dev, requires_grad=True), torch.randn(3 * H, device=dev, requires_grad=True)
+        filt = tuple((torch.randn(H, L, device=dev) / L**0.5).requires_grad_() for _ in range(2)) + \
+            (torch.randn(H, device=dev, requires_grad=True),)
+        res = tuple((torch.randn(H, L, device=dev) / L**0.5).requires_grad_() for _ in range(2)) + \
+            (torch.randn(H, device=dev, requires_grad=True),)
+        gy = torch.randn(B, L, H, device=dev, dtype=bf16)
+        tok = B * L
+        fwd_bytes = tok * (3 * H * 2 + H * 4 + H * 2)  # z bf16, u fp32 in; y bf16 out
+        train_bytes = fwd_bytes + tok * (H * 2 + 3 * H * 2 + H * 4 + 3 * H * 2 + H * 4)  # dy, z, u in; dz, du out
+        def call():
+            with torch.autocast(dev, dtype=bf16):  # as in the model: the reference's short conv runs in bf16
+                return mixer_core(z, u, w, b, filt, res)
+
+        def train():
+            call().backward(gy)
+
+        row = dict(micro=f"mixer_core_bidir_B{B}_H{H}_L{L}")
+        for path in ("fused", "kernels", "torch"):
+            with kernels(path):
+                with torch.no_grad():
+                    tf = timed(call, reps=10)
+                tt = timed(train, reps=10)
+            row.update({f"fwd_{path}_ms": round(tf * 1e3, 3), f"train_{path}_ms": round(tt * 1e3, 3),
+                        f"fwd_{path}_pct_of_copy_bw": round(100 * fwd_bytes / tf / 1e9 / copy, 1),
+                        f"train_{path}_pct_of_copy_bw": round(100 * train_bytes / tt / 1e9 / copy, 1)})
+        rows.append(emit(row))
+        del z, u, w, b, filt, res, gy
+        if not SMOKE:
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main():
     info = emit(env_info())
     ceil = emit(ceilings())
     ref_bd, ref_fft = _reference_ops()
-    parts = os.environ.get("PARTS", "blockdiag,long_conv").split(",")
+    parts = os.environ.get("PARTS", "blockdiag,long_conv,mixer").split(",")
     rows = (block_diagonal_rows(ceil, ref_bd) if "blockdiag" in parts else []) + \
-        (long_conv_rows(ceil, ref_fft) if "long_conv" in parts else [])
+        (long_conv_rows(ceil, ref_fft) if "long_conv" in parts else []) + \
+        (mixer_rows(ceil) if "mixer" in parts else [])
     save("kernel_bench.json", dict(info=info, ceilings=ceil, rows=rows,
                                    command="python3 benchmarks/kernel_bench.py"))
 

@@ -8,8 +8,8 @@ Same method as the anchor (shared/bench/bench_ref.py): BERT-base shape (d=768, i
 nblocks=4, residual long conv, filter order 128), 32768 tokens per step, bf16 autocast over fp32 parameters,
 forward-only and forward+backward tokens/s (median of 10 after 3 warm-ups), peak memory.
 Env: LENS (default 512..16384), TOKENS (32768), COMPILE_LENS (lengths where the Transformer is also compiled,
-default 2048,16384; also where the project's M2 stack without kernels runs), M2_COMPILE_LENS (where the M2 stack
-with kernels is also compiled, default 2048), MODELS (comma list of name prefixes to keep), REF_LENS (lengths for the public reference), RESULT_NAME, BUDGET_S (stop starting new rows after this many seconds).
+default 2048,16384; also where the M2 stack's per-op-kernel and PyTorch paths run), M2_COMPILE_LENS (where the fused M2
+stack is also compiled, default 2048,16384), MODELS (comma list of name prefixes to keep), REF_LENS (lengths for the public reference), RESULT_NAME, BUDGET_S (stop starting new rows after this many seconds).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import emit, env_info, kernels, route_project_layers_to_kernels, save, timed  # noqa: E402
+from common import emit, env_info, kernels, save, timed  # noqa: E402
 
 from m2dist.models.attention import SelfAttention  # noqa: E402
 from m2dist.models.blocks import M2BertLayer, PostNormBlock  # noqa: E402
@@ -33,7 +33,7 @@ D, INTER, HEADS, NLAYERS, NBLOCKS, EPS = 768, 3072, 12, 12, 4, 1e-12
 TOKENS = int(os.environ.get("TOKENS", 32768))
 LENS = [int(x) for x in os.environ.get("LENS", "512,1024,2048,4096,8192,16384").split(",")]
 COMPILE_LENS = {int(x) for x in os.environ.get("COMPILE_LENS", "2048,16384").split(",") if x}
-M2_COMPILE_LENS = {int(x) for x in os.environ.get("M2_COMPILE_LENS", "2048").split(",") if x}
+M2_COMPILE_LENS = {int(x) for x in os.environ.get("M2_COMPILE_LENS", "2048,16384").split(",") if x}
 ONLY = set(filter(None, os.environ.get("MODELS", "").split(",")))
 BUDGET_S = float(os.environ.get("BUDGET_S", 1e9))
 REF_DIR = os.environ.get("M2_REFERENCE_DIR")
@@ -45,6 +45,7 @@ ENV_KNOBS = ("LENS", "TOKENS", "COMPILE_LENS", "M2_COMPILE_LENS", "MODELS", "BUD
 
 
 def m2_layer(L: int, causal: bool) -> nn.Module:
+    """M2-BERT-base layer (the anchor's shape; causal=True is the same layer with causal filters)."""
     mixer = M2SequenceMixer(D, L, causal=causal, filter_order=128, residual_long_conv=True)
     return M2BertLayer(mixer, MonarchGLU(D, INTER, nblocks=NBLOCKS), D, EPS)
 
@@ -54,27 +55,28 @@ def tx_layer(causal: bool) -> nn.Module:
 
 
 def candidates(L: int, causal: bool):
-    """(name, layer factory, kernels on?, compile?) for one length and direction."""
+    """(name, layer factory, code path (common.PATHS), compile?) for one length and direction."""
     d = "causal" if causal else "bidir"
-    yield f"m2_kernels_{d}", lambda: m2_layer(L, causal), True, False
-    if L in M2_COMPILE_LENS:  # the glue between the kernels (gates, short conv, transposes) fused by inductor
-        yield f"m2_kernels_compiled_{d}", lambda: m2_layer(L, causal), True, True
+    yield f"m2_fused_{d}", lambda: m2_layer(L, causal), "fused", False
+    if L in M2_COMPILE_LENS:  # what inductor adds around the fused kernels (residual adds, LayerNorm)
+        yield f"m2_fused_compiled_{d}", lambda: m2_layer(L, causal), "fused", True
     if L in COMPILE_LENS:
-        yield f"m2_torch_{d}", lambda: m2_layer(L, causal), False, False
-    yield f"tx_sdpa_{d}", lambda: tx_layer(causal), False, False
+        yield f"m2_kernels_{d}", lambda: m2_layer(L, causal), "kernels", False  # per-op kernels (previous attempt)
+        yield f"m2_torch_{d}", lambda: m2_layer(L, causal), "torch", False
+    yield f"tx_sdpa_{d}", lambda: tx_layer(causal), "torch", False
     if L in COMPILE_LENS:
-        yield f"tx_sdpa_compiled_{d}", lambda: tx_layer(causal), False, True
+        yield f"tx_sdpa_compiled_{d}", lambda: tx_layer(causal), "torch", True
     if REF_DIR and L in REF_LENS:
         sys.path.insert(0, REF_DIR)
         import bench_ref  # the anchor harness's own layer classes, from the git-ignored reference folder
 
-        yield f"m2_ref_{d}", lambda: bench_ref.RefM2Layer(L, not causal), False, False
+        yield f"m2_ref_{d}", lambda: bench_ref.RefM2Layer(L, not causal), "torch", False
 
 
-def measure(make, L: int, use_kernels: bool, compile_: bool) -> dict:
+def measure(make, L: int, path: str, compile_: bool) -> dict:
     B = max(1, TOKENS // L)
     torch.manual_seed(0)
-    with kernels(use_kernels):
+    with kernels(path):
         m = nn.Sequential(*[make() for _ in range(NLAYERS)]).cuda()
         nparam = sum(p.numel() for p in m.parameters())
         if compile_:
@@ -99,19 +101,18 @@ def measure(make, L: int, use_kernels: bool, compile_: bool) -> dict:
 
 
 def main():
-    route_project_layers_to_kernels()
     info = emit(dict(env_info(), D=D, INTER=INTER, NLAYERS=NLAYERS, TOKENS=TOKENS, reference=bool(REF_DIR)))
     rows, start = [], time.time()
     for L in LENS:
         for causal in (False, True):
-            for name, make, use_kernels, compile_ in candidates(L, causal):
+            for name, make, path, compile_ in candidates(L, causal):
                 if ONLY and not any(name.startswith(o) for o in ONLY):
                     continue
                 if time.time() - start > BUDGET_S:
                     rows.append(emit(dict(model=name, L=L, skipped="time budget")))
                     continue
                 try:
-                    row = dict(model=name, **measure(make, L, use_kernels, compile_))
+                    row = dict(model=name, **measure(make, L, path, compile_))
                 except Exception as e:  # OOM or an unsupported combination: record it, keep going
                     row = dict(model=name, L=L, error=repr(e)[:300])
                 rows.append(emit(row))
@@ -122,14 +123,16 @@ def main():
 
 
 def summarize(rows):
-    """Print the targets: M2 (kernels) vs the public reference and vs compiled Transformer+SDPA, training tok/s."""
+    """Print the targets: M2 (fused) vs the public reference and vs compiled Transformer+SDPA, training tok/s."""
     by = {(r["model"], r["L"]): r.get("train_tok_per_s") for r in rows}
-    print("\nL      dir     m2_kernels  m2_torch  tx_eager  tx_compiled  m2_ref   x_ref  x_tx_compiled  (train tok/s)")
+    print("\nL      dir       m2_fused m2_fused_c m2_kernels  m2_torch  tx_eager tx_compiled   m2_ref   x_ref  x_txc"
+          "  (train tok/s; x_ref, x_txc: the best m2_fused row over m2_ref and tx_sdpa_compiled)")
     for L in LENS:
         for d in ("bidir", "causal"):
-            k = by.get((f"m2_kernels_{d}", L))
-            vals = [by.get((f"{m}_{d}", L)) for m in ("m2_kernels", "m2_torch", "tx_sdpa", "tx_sdpa_compiled", "m2_ref")]
-            ref, txc = vals[4], vals[3]
+            names = ("m2_fused", "m2_fused_compiled", "m2_kernels", "m2_torch", "tx_sdpa", "tx_sdpa_compiled", "m2_ref")
+            vals = [by.get((f"{m}_{d}", L)) for m in names]
+            k = max([v for v in vals[:2] if v] or [0])
+            ref, txc = vals[6], vals[5]
             ratio = lambda a, b: f"{a / b:5.2f}" if a and b else "   - "  # noqa: E731
             print(f"{L:<6} {d:<7} " + "  ".join(f"{v:>9,}" if v else "        -" for v in vals)
                   + f"  {ratio(k, ref)}  {ratio(k, txc)}")

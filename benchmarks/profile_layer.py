@@ -1,6 +1,6 @@
 """Where a training step of the project's M2 stack spends its GPU time (torch.profiler, kernels grouped by name).
 
-    python3 benchmarks/profile_layer.py        # env L (2048), CAUSAL (0), KERNELS (1), ROWS (30)
+    python3 benchmarks/profile_layer.py        # env L (2048), CAUSAL (0), PATH_ (fused|kernels|torch), ROWS (30)
 """
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import kernels, route_project_layers_to_kernels  # noqa: E402
+from common import kernels  # noqa: E402
 from layer_bench import NLAYERS, TOKENS, D, m2_layer  # noqa: E402
 
 
 def main():
     L = int(os.environ.get("L", 2048))
     causal = os.environ.get("CAUSAL") == "1"
-    route_project_layers_to_kernels()
-    with kernels(os.environ.get("KERNELS", "1") == "1"):
+    with kernels(os.environ.get("PATH_", "fused")):
         m = nn.Sequential(*[m2_layer(L, causal) for _ in range(NLAYERS)]).cuda()
         x = torch.randn(TOKENS // L, L, D, device="cuda", requires_grad=True)
 

@@ -8,10 +8,15 @@ The reference modules call these first and use their own PyTorch path when they 
     # m2dist/monarch/ BlockDiagonalLinear.forward():
     y = dispatch.block_diagonal(x, self.weight, self.bias)
     if y is not None: return y
+    # m2dist/models/monarch_mlp.py, MonarchGLU.forward() (when dropout is off):
+    a = dispatch.gelu_glu(g)
+    # m2dist/ops/mixer_core.py, first line of mixer_core(): the whole mixer core fused (it supersedes long_conv's)
+    y = dispatch.mixer_core(z, u, conv_weight, conv_bias, filt, residual_filt, keep)
 
 A kernel is used when the tensors are on a CUDA device, Triton imports, ``M2DIST_KERNELS`` is not ``0``, and the
 shape is one the kernel covers; everything else (CPU, odd shapes, fp32 block-diagonal outside autocast) returns
-None. ``M2DIST_LONGCONV=monarch`` opts into the Monarch-FFT long conv (not yet measured on a GPU; fft otherwise).
+None. ``M2DIST_FUSED=0`` switches the layer-level fusions (mixer core, GLU) off and keeps the per-op kernels
+(long conv, block-diagonal). ``M2DIST_LONGCONV=monarch`` opts into the Monarch-FFT long conv (not yet measured on a GPU; fft otherwise).
 On CPU the kernels can still be called directly through the interpreter, which is how the tests run them.
 """
 from __future__ import annotations
@@ -33,6 +38,11 @@ def _on_gpu(t: torch.Tensor) -> bool:
     return kernels_enabled()
 
 
+def _fused_on(t: torch.Tensor) -> bool:
+    """The layer-level fusions (mixer core, GLU); ``M2DIST_FUSED=0`` keeps the per-op kernels only."""
+    return _on_gpu(t) and os.environ.get("M2DIST_FUSED", "1") != "0"
+
+
 def long_conv(u: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor] = None,
               skip: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """The fused long convolution for CUDA tensors, else None (caller falls back to the reference)."""
@@ -46,6 +56,29 @@ def long_conv(u: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor
     from m2dist.kernels.fft_conv import fft_long_conv
 
     return fft_long_conv(u, k_fwd, k_rev, skip)
+
+
+def mixer_core(z: torch.Tensor, u: Optional[torch.Tensor], conv_weight: torch.Tensor, conv_bias: torch.Tensor,
+               filt, residual_filt, keep: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The fused mixer core (``m2dist.kernels.m2_mixer``) for CUDA tensors, else None. It covers the 3-tap short
+    conv with bias and a residual input with unit channel stride."""
+    if not _fused_on(z):
+        return None
+    from m2dist.kernels.m2_mixer import SHORT_CONV_SIZE, fused_m2_mixer
+
+    if conv_weight.shape[-1] != SHORT_CONV_SIZE or conv_bias is None or (u is not None and u.stride(-1) != 1):
+        return None
+    k2f, k2r, d2 = residual_filt if residual_filt is not None else (None, None, None)
+    return fused_m2_mixer(z, u, conv_weight, conv_bias, *filt, k2f, k2r, d2, keep)
+
+
+def gelu_glu(g: torch.Tensor) -> Optional[torch.Tensor]:
+    """``gelu(g[..., :I]) * g[..., I:]`` through the fused Triton kernel for CUDA tensors, else None."""
+    if not _fused_on(g) or g.shape[-1] % 2:
+        return None
+    from m2dist.kernels.glu import gelu_glu as fused
+
+    return fused(g)
 
 
 def block_diagonal(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:

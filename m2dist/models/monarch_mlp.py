@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2dist.kernels import dispatch
 from m2dist.monarch import BlockDiagonalLinear, MonarchLinear
 
 MONARCH_TYPES = {"blockdiag": BlockDiagonalLinear, "monarch": MonarchLinear}
@@ -34,5 +35,11 @@ class MonarchGLU(nn.Module):
         self.out_proj = layer(intermediate_size, hidden_size, nblocks, bias=True, init=init)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        gate, value = self.gated_proj(h).split(self.intermediate_size, dim=-1)
-        return self.out_proj(self.dropout(F.gelu(gate) * value))
+        g = self.gated_proj(h)
+        a = None
+        if g.shape[-1] == 2 * self.intermediate_size and not (self.training and self.dropout.p > 0):
+            a = dispatch.gelu_glu(g)  # fused Triton pass on GPU, else None
+        if a is None:
+            gate, value = g.split(self.intermediate_size, dim=-1)
+            a = self.dropout(F.gelu(gate) * value)
+        return self.out_proj(a)

@@ -33,7 +33,7 @@ from torch import nn
 
 from m2dist.models.hyena_filter import ImplicitFilter
 from m2dist.models.init import init_linear_
-from m2dist.ops import long_conv
+from m2dist.ops import mixer_core
 
 
 class M2SequenceMixer(nn.Module):
@@ -59,21 +59,25 @@ class M2SequenceMixer(nn.Module):
         length = u.shape[1]
         if self.norm is not None:
             u = self.norm(u)
-        keep = None if attention_mask is None else attention_mask[:, :, None].to(u.dtype)  # (B, L, 1)
+        keep = None if attention_mask is None else attention_mask.to(u.dtype)  # (B, L)
         if keep is not None:
-            u = u * keep
+            u = u * keep[:, :, None]
+        u = self.enter_channels(u)
         z = self.in_proj(u)
         if keep is not None:
-            z = z * keep
-        # Channels first for the convolutions; the first L outputs of the padded conv are causal.
-        z = self.short_conv(z.transpose(1, 2))[..., :length]
-        x1, x2, v = z.split(self.hidden_size, dim=1)
-        v = v * x1
-        if keep is not None:
-            v = v * keep.transpose(1, 2)
-        k_fwd, k_rev = self.filter(length)
-        y = long_conv(v, k_fwd, k_rev, self.filter.D) * x2
+            z = z * keep[:, :, None]
+        filt = (*self.filter(length), self.filter.D)
+        residual_in = residual_filt = None
         if self.residual_filter is not None:
-            k_fwd, k_rev = self.residual_filter(length)
-            y = y + long_conv(u.transpose(1, 2), k_fwd, k_rev, self.residual_filter.D)
-        return self.out_proj(y.transpose(1, 2))
+            residual_in = self.own_channels(u)
+            residual_filt = (*self.residual_filter(length), self.residual_filter.D)
+        y = mixer_core(z, residual_in, self.short_conv.weight, self.short_conv.bias, filt, residual_filt, keep)
+        return self.out_proj(y)
+
+    # Two steps that tensor parallelism overrides (m2dist/parallel/m2_layers.py): entering the channel-sharded
+    # region, and this module's own channels of a full-width input.
+    def enter_channels(self, u: torch.Tensor) -> torch.Tensor:
+        return u
+
+    def own_channels(self, u: torch.Tensor) -> torch.Tensor:
+        return u

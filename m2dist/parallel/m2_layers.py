@@ -45,7 +45,6 @@ from m2dist.models.hyena_filter import FilterMLP, ImplicitFilter
 from m2dist.models.monarch_mlp import MonarchGLU
 from m2dist.models.sequence_mixer import M2SequenceMixer
 from m2dist.monarch import BlockDiagonalLinear
-from m2dist.ops import long_conv
 from m2dist.parallel.linear import make_column_parallel_, make_row_parallel_, shard_parameter_
 from m2dist.parallel.mappings import copy_to_tp, gather_last_dim, scatter_blocks
 from m2dist.parallel.rng import ShardedDropout
@@ -69,33 +68,16 @@ def shard_implicit_filter_(f: ImplicitFilter, rank: int, size: int) -> None:
 # ---------------------------------------------------------------- sequence mixer
 class TensorParallelM2SequenceMixer(M2SequenceMixer):
     """M2SequenceMixer over this rank's H/k channels (``hidden_size`` is the local width, ``tp_channels`` the
-    slice of the full hidden dim). The dataflow mirrors ``M2SequenceMixer.forward``; the differences are the three
-    marked collectives and the channel slice of ``u`` for the residual long conv."""
+    slice of the full hidden dim). ``M2SequenceMixer.forward`` runs unchanged; the collectives are in its two
+    overridden steps, the column-parallel filter output rows and the row-parallel out_proj."""
 
     tp_channels: slice
 
-    def forward(self, u: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        length = u.shape[1]
-        if self.norm is not None:
-            u = self.norm(u)  # replicated
-        keep = None if attention_mask is None else attention_mask[:, :, None].to(u.dtype)
-        if keep is not None:
-            u = u * keep
-        u = copy_to_tp(u)  # (1) enter the TP region: backward all-reduces the input gradient
-        z = self.in_proj(u)  # column-parallel: (B, L, 3H/k) = this rank's x1 | x2 | v
-        if keep is not None:
-            z = z * keep
-        z = self.short_conv(z.transpose(1, 2))[..., :length]
-        x1, x2, v = z.split(self.hidden_size, dim=1)
-        v = v * x1
-        if keep is not None:
-            v = v * keep.transpose(1, 2)
-        k_fwd, k_rev = self.filter(length)  # (2) inside: copy_to_tp before the sharded filter output rows
-        y = long_conv(v, k_fwd, k_rev, self.filter.D) * x2
-        if self.residual_filter is not None:
-            k_fwd, k_rev = self.residual_filter(length)
-            y = y + long_conv(u[..., self.tp_channels].transpose(1, 2), k_fwd, k_rev, self.residual_filter.D)
-        return self.out_proj(y.transpose(1, 2))  # (3) row-parallel: leave the TP region with an all-reduce
+    def enter_channels(self, u: torch.Tensor) -> torch.Tensor:
+        return copy_to_tp(u)  # enter the TP region once: backward all-reduces the input gradient
+
+    def own_channels(self, u: torch.Tensor) -> torch.Tensor:
+        return u[..., self.tp_channels]  # the residual long conv of this rank's channels of the replicated input
 
 
 def shard_sequence_mixer_(mixer: M2SequenceMixer, rank: int, size: int) -> None:

@@ -1,0 +1,331 @@
+"""The M2 sequence mixer's core in four Triton passes around cuFFT, forward and backward (one autograd.Function).
+
+Computes, from the in-projection's output z (B, L, 3H) = x1 | x2 | v and the mixer input u (B, L, H), both
+token-major as the GEMMs produce and consume them, exactly what ``M2SequenceMixer`` computes between its two
+projections (K = 3-tap causal depthwise short conv, keep = the padding mask or 1):
+
+    x1, x2, v = short_conv(z)                     per channel: zc[t] = b + sum_j W[j] * z[t - 2 + j]
+    w  = x1 * v * keep
+    g1 = long_conv(w, k1) + D1 * w                (bidirectional or causal; filter 1)
+    y  = x2 * g1 [+ long_conv(u, k2) + D2 * u]    (the residual long conv; filter 2)
+
+returning y (B, L, H) token-major for the out-projection.
+
+Why: in the PyTorch path each of these steps is a separate pass, most of them over (B, H, L) transposed views of
+token-major tensors, and the profile of a 12-layer M2-BERT step (benchmarks/NOTES.md, attempt 5) puts ~100 of its
+183 ms in that glue and in the depthwise conv. Here every pointwise step, the short conv, both skips, the
+transposes and the zero padding are fused into one pass before and one pass after cuFFT, in each direction:
+
+  forward   A: z, u -> X (S, B, H, n) fp32, channel-major, zero-padded to n      (S = 2 with the residual conv)
+            cuFFT: F = rfft(X); C = irfft(F * K)                                  (K: the two filters' spectra)
+            B: C, z, u -> y (B, L, H), and g1 (saved for backward)
+  backward  C: dy, z, g1 -> Gin (S, B, H, n) = [dy * x2, dy], dD1, dD2 partial sums
+            cuFFT: GF = rfft(Gin); dk = irfft(sum_b GF * conj(F)); dX = irfft(GF * conj(K))
+            D: dX, dy, g1, z -> dz (B, L, 3H) through the short conv, du, conv weight/bias partial sums
+
+The FFT spectrum F of the forward is saved (not recomputed) for the filter gradient. Everything inside is fp32;
+z, u and dy may be bf16 (they are under autocast). Only the 3-tap short conv is fused (the paper's and every
+preset's size); other sizes take the PyTorch path (``dispatch.m2_mixer`` decides).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from m2dist.kernels._triton import HAVE_TRITON, interpreting, tl, triton
+from m2dist.kernels.fft_conv import build_kappa, fft_size
+
+SHORT_CONV_SIZE = 3
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _load_tile(ptr, t, h, L, H, s_t):
+        """A [BT, BH] fp32 tile of a token-major tensor (``ptr`` at its row) at positions t, zero outside [0, L)."""
+        ok = (t >= 0) & (t < L)
+        return tl.load(ptr + t[:, None] * s_t + h[None, :],
+                       mask=ok[:, None] & (h < H)[None, :], other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _short_conv(z_ptr, zb, w_ptr, b_ptr, slot, t, h, L, H, s_zt):
+        """Channels [slot*H + h] of the 3-tap causal short conv at positions t, from z (token-major)."""
+        c = slot * H + h
+        hm = h < H
+        w0 = tl.load(w_ptr + c * 3 + 0, mask=hm, other=0.0).to(tl.float32)
+        w1 = tl.load(w_ptr + c * 3 + 1, mask=hm, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + c * 3 + 2, mask=hm, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr + c, mask=hm, other=0.0).to(tl.float32)
+        zp = z_ptr + zb + slot * H
+        acc = bias[None, :] + w2[None, :] * _load_tile(zp, t, h, L, H, s_zt)
+        acc += w1[None, :] * _load_tile(zp, t - 1, h, L, H, s_zt)
+        acc += w0[None, :] * _load_tile(zp, t - 2, h, L, H, s_zt)
+        return acc
+
+    @triton.jit
+    def _gated_w(z_ptr, zb, w_ptr, b_ptr, keep_ptr, b, t, h, L, H, s_zt, HAS_MASK: tl.constexpr):
+        """w = x1 * v * keep at positions t, zero outside [0, L)."""
+        x1 = _short_conv(z_ptr, zb, w_ptr, b_ptr, 0, t, h, L, H, s_zt)
+        v = _short_conv(z_ptr, zb, w_ptr, b_ptr, 2, t, h, L, H, s_zt)
+        inside = (t >= 0) & (t < L)
+        w = tl.where(inside[:, None], x1 * v, 0.0)
+        if HAS_MASK:
+            w *= tl.load(keep_ptr + b * L + t, mask=inside, other=0.0).to(tl.float32)[:, None]
+        return w
+
+    @triton.jit
+    def _fwd_pre(z_ptr, u_ptr, keep_ptr, cw_ptr, cb_ptr, x_ptr,
+                 L, H, n, s_zb, s_zt, s_ub, s_ut, s_xs, s_xb,
+                 HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        t = tl.program_id(1) * BT + tl.arange(0, BT)  # over the padded length n: [L, n) is written as zeros
+        h = tl.program_id(2) * BH + tl.arange(0, BH)
+        store_ok = (t < n)[:, None] & (h < H)[None, :]
+        dst = x_ptr + b * s_xb + h[None, :] * n + t[:, None]  # channel-major (S, B, H, n)
+        w = _gated_w(z_ptr, b * s_zb, cw_ptr, cb_ptr, keep_ptr, b, t, h, L, H, s_zt, HAS_MASK)
+        tl.store(dst, w, mask=store_ok)
+        if HAS_RES:
+            u = _load_tile(u_ptr + b * s_ub, t, h, L, H, s_ut)
+            tl.store(dst + s_xs, u, mask=store_ok)
+
+    @triton.jit
+    def _fwd_post(c_ptr, z_ptr, u_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, d2_ptr, y_ptr, g1_ptr,
+                  L, H, n, s_zb, s_zt, s_ub, s_ut, s_cs, s_cb,
+                  HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        t = tl.program_id(1) * BT + tl.arange(0, BT)
+        h = tl.program_id(2) * BH + tl.arange(0, BH)
+        hm = h < H
+        ok = (t < L)[:, None] & hm[None, :]
+        src = c_ptr + b * s_cb + h[None, :] * n + t[:, None]
+        w = _gated_w(z_ptr, b * s_zb, cw_ptr, cb_ptr, keep_ptr, b, t, h, L, H, s_zt, HAS_MASK)
+        d1 = tl.load(d1_ptr + h, mask=hm, other=0.0).to(tl.float32)
+        g1 = tl.load(src, mask=ok, other=0.0) + d1[None, :] * w
+        x2 = _short_conv(z_ptr, b * s_zb, cw_ptr, cb_ptr, 1, t, h, L, H, s_zt)
+        y = x2 * g1
+        if HAS_RES:
+            d2 = tl.load(d2_ptr + h, mask=hm, other=0.0).to(tl.float32)
+            u = _load_tile(u_ptr + b * s_ub, t, h, L, H, s_ut)
+            y += tl.load(src + s_cs, mask=ok, other=0.0) + d2[None, :] * u
+        tok = b * L * H + t[:, None] * H + h[None, :]  # token-major (B, L, H), contiguous
+        tl.store(y_ptr + tok, y.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(g1_ptr + tok, g1.to(g1_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _bwd_pre(dy_ptr, z_ptr, u_ptr, keep_ptr, cw_ptr, cb_ptr, gin_ptr, part_ptr,
+                 L, H, n, s_zb, s_zt, s_ub, s_ut, s_xs, s_xb,
+                 HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
+        """Gin = [dy * x2, dy] channel-major and zero-padded; per-program partial sums of dD1 = sum dy*x2*w and
+        dD2 = sum dy*u at part[program row, 0|1, h]."""
+        b = tl.program_id(0).to(tl.int64)
+        pt = tl.program_id(1)
+        t = pt * BT + tl.arange(0, BT)
+        h = tl.program_id(2) * BH + tl.arange(0, BH)
+        hm = h < H
+        store_ok = (t < n)[:, None] & hm[None, :]
+        dy = _load_tile(dy_ptr + b * L * H, t, h, L, H, H)
+        x2 = _short_conv(z_ptr, b * s_zb, cw_ptr, cb_ptr, 1, t, h, L, H, s_zt)
+        dc1 = dy * x2  # zero outside [0, L) through dy
+        dst = gin_ptr + b * s_xb + h[None, :] * n + t[:, None]
+        tl.store(dst, dc1, mask=store_ok)
+        w = _gated_w(z_ptr, b * s_zb, cw_ptr, cb_ptr, keep_ptr, b, t, h, L, H, s_zt, HAS_MASK)
+        row = (b * tl.num_programs(1) + pt) * 2 * H
+        tl.store(part_ptr + row + h, tl.sum(dc1 * w, axis=0), mask=hm)
+        if HAS_RES:
+            tl.store(dst + s_xs, dy, mask=store_ok)
+            u = _load_tile(u_ptr + b * s_ub, t, h, L, H, s_ut)
+            tl.store(part_ptr + row + H + h, tl.sum(dy * u, axis=0), mask=hm)
+
+    @triton.jit
+    def _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc, t, h, L, H, n,
+                    s_zt, HAS_MASK: tl.constexpr):
+        """Gradients at the short conv's outputs (positions t) for the three slots x1, x2, v."""
+        hm = h < H
+        inside = (t >= 0) & (t < L)
+        ok = inside[:, None] & hm[None, :]
+        dy = _load_tile(dy_ptr + b * L * H, t, h, L, H, H)
+        d1 = tl.load(d1_ptr + h, mask=hm, other=0.0).to(tl.float32)
+        x2 = _short_conv(z_ptr, zb, cw_ptr, cb_ptr, 1, t, h, L, H, s_zt)
+        dw = tl.load(xsrc + h[None, :] * n + t[:, None], mask=ok, other=0.0) + d1[None, :] * dy * x2
+        if HAS_MASK:
+            dw *= tl.load(keep_ptr + b * L + t, mask=inside, other=0.0).to(tl.float32)[:, None]
+        x1 = _short_conv(z_ptr, zb, cw_ptr, cb_ptr, 0, t, h, L, H, s_zt)
+        v = _short_conv(z_ptr, zb, cw_ptr, cb_ptr, 2, t, h, L, H, s_zt)
+        g_x1 = tl.where(ok, dw * v, 0.0)
+        g_v = tl.where(ok, dw * x1, 0.0)
+        g_x2 = dy * _load_tile(g1_ptr + b * L * H, t, h, L, H, H)
+        return g_x1, g_x2, g_v
+
+    @triton.jit
+    def _bwd_post(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, d2_ptr, dz_ptr, du_ptr, part_ptr,
+                  L, H, n, s_zb, s_zt, s_xs, s_xb,
+                  HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
+        """dz[s] = sum_j W[j] * gzc[s + 2 - j] per slot (the short conv's transpose), du = dX_res + D2 * dy, and
+        partial sums of the conv weight gradient sum_s gzc[s] * z[s - 2 + j] and bias gradient sum_s gzc[s] at
+        part[program row, slot, j (0..2) | 3 (bias), h]."""
+        b = tl.program_id(0).to(tl.int64)
+        pt = tl.program_id(1)
+        s = pt * BT + tl.arange(0, BT)
+        h = tl.program_id(2) * BH + tl.arange(0, BH)
+        hm = h < H
+        ok = (s < L)[:, None] & hm[None, :]
+        zb = b * s_zb
+        xsrc = dx_ptr + b * s_xb
+        # Weights of the three slots, tap j at channel slot*H + h.
+        wa0 = tl.load(cw_ptr + h * 3 + 0, mask=hm, other=0.0).to(tl.float32)[None, :]
+        wa1 = tl.load(cw_ptr + h * 3 + 1, mask=hm, other=0.0).to(tl.float32)[None, :]
+        wa2 = tl.load(cw_ptr + h * 3 + 2, mask=hm, other=0.0).to(tl.float32)[None, :]
+        wb0 = tl.load(cw_ptr + (H + h) * 3 + 0, mask=hm, other=0.0).to(tl.float32)[None, :]
+        wb1 = tl.load(cw_ptr + (H + h) * 3 + 1, mask=hm, other=0.0).to(tl.float32)[None, :]
+        wb2 = tl.load(cw_ptr + (H + h) * 3 + 2, mask=hm, other=0.0).to(tl.float32)[None, :]
+        wc0 = tl.load(cw_ptr + (2 * H + h) * 3 + 0, mask=hm, other=0.0).to(tl.float32)[None, :]
+        wc1 = tl.load(cw_ptr + (2 * H + h) * 3 + 1, mask=hm, other=0.0).to(tl.float32)[None, :]
+        wc2 = tl.load(cw_ptr + (2 * H + h) * 3 + 2, mask=hm, other=0.0).to(tl.float32)[None, :]
+
+        # Shift 0: the outputs at s themselves; they also give the weight and bias gradients.
+        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc, s,
+                                    h, L, H, n, s_zt, HAS_MASK)
+        row = (b * tl.num_programs(1) + pt) * 12 * H
+        for slot in tl.static_range(3):
+            if slot == 0:
+                g = g_a
+            elif slot == 1:
+                g = g_b
+            else:
+                g = g_c
+            zp = z_ptr + zb + slot * H
+            for j in tl.static_range(3):
+                zt = _load_tile(zp, s - 2 + j, h, L, H, s_zt)
+                tl.store(part_ptr + row + (slot * 4 + j) * H + h, tl.sum(g * zt, axis=0), mask=hm)
+            tl.store(part_ptr + row + (slot * 4 + 3) * H + h, tl.sum(g, axis=0), mask=hm)
+        acc_a = wa2 * g_a
+        acc_b = wb2 * g_b
+        acc_c = wc2 * g_c
+        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc,
+                                    s + 1, h, L, H, n, s_zt, HAS_MASK)
+        acc_a += wa1 * g_a
+        acc_b += wb1 * g_b
+        acc_c += wc1 * g_c
+        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc,
+                                    s + 2, h, L, H, n, s_zt, HAS_MASK)
+        acc_a += wa0 * g_a
+        acc_b += wb0 * g_b
+        acc_c += wc0 * g_c
+        dz = dz_ptr + b * L * 3 * H + s[:, None] * 3 * H + h[None, :]
+        ty = dz_ptr.dtype.element_ty
+        tl.store(dz, acc_a.to(ty), mask=ok)
+        tl.store(dz + H, acc_b.to(ty), mask=ok)
+        tl.store(dz + 2 * H, acc_c.to(ty), mask=ok)
+        if HAS_RES:
+            dy = _load_tile(dy_ptr + b * L * H, s, h, L, H, H)
+            d2 = tl.load(d2_ptr + h, mask=hm, other=0.0).to(tl.float32)
+            du = tl.load(xsrc + s_xs + h[None, :] * n + s[:, None], mask=ok, other=0.0) + d2[None, :] * dy
+            tl.store(du_ptr + b * L * H + s[:, None] * H + h[None, :], du.to(du_ptr.dtype.element_ty), mask=ok)
+
+
+def _blocks(H: int) -> tuple[int, int]:
+    if interpreting():
+        return 16, min(16, triton.next_power_of_2(H))
+    return 64, min(64, triton.next_power_of_2(H))
+
+
+def _spectra(filters, n: int) -> torch.Tensor:
+    """(S, 1, H, n//2+1) complex64: rfft of each filter's circular kernel [k_fwd, 0.., flip(k_rev)]."""
+    ks = [build_kappa(kf.float(), None if kr is None else kr.float(), n) for kf, kr in filters]
+    return torch.fft.rfft(torch.stack(ks), n=n)[:, None]
+
+
+class FusedM2Mixer(torch.autograd.Function):
+    """See the module docstring. Arguments: z (B, L, 3H) contiguous; u (B, L, H) with unit channel stride, or None
+    (no residual long conv); conv_w (3H, 1, 3); conv_b (3H,); k1f, k1r, d1 (filter 1, k1r None when causal);
+    k2f, k2r, d2 (filter 2, ignored when u is None); keep (B, L) or None."""
+
+    @staticmethod
+    def forward(ctx, z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep):
+        B, L, H3 = z.shape
+        H = H3 // 3
+        has_res = u is not None
+        S = 2 if has_res else 1
+        n = fft_size(L)
+        BT, BH = _blocks(H)
+        z = z.contiguous()
+        cw = conv_w.reshape(H3, 3).contiguous()
+        keep_t = keep.contiguous() if keep is not None else z
+        u_t = u if has_res else z
+        s_ub, s_ut = (u.stride(0), u.stride(1)) if has_res else (0, 0)
+        with torch.autocast(z.device.type, enabled=False):
+            filters = [(k1f, k1r)] + ([(k2f, k2r)] if has_res else [])
+            K = _spectra(filters, n)
+            X = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
+            grid = (B, triton.cdiv(n, BT), triton.cdiv(H, BH))
+            _fwd_pre[grid](z, u_t, keep_t, cw, conv_b, X, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
+                           X.stride(0), X.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+            F = torch.fft.rfft(X)
+            del X
+            C = torch.fft.irfft(F * K, n=n)
+            y = torch.empty(B, L, H, device=z.device, dtype=z.dtype)
+            g1 = torch.empty_like(y)
+            grid = (B, triton.cdiv(L, BT), triton.cdiv(H, BH))
+            _fwd_post[grid](C, z, u_t, keep_t, cw, conv_b, d1, d2 if has_res else d1, y, g1,
+                            L, H, n, z.stride(0), z.stride(1), s_ub, s_ut, C.stride(0), C.stride(1),
+                            HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+        ctx.save_for_backward(z, u, keep, cw, conv_b, d1, d2, g1, F, K)
+        ctx.shapes = (conv_w.shape, n, has_res, k1r is not None, (k2r is not None) if has_res else False,
+                      k1f.dtype, k2f.dtype if has_res else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        z, u, keep, cw, conv_b, d1, d2, g1, F, K = ctx.saved_tensors
+        conv_shape, n, has_res, bidir1, bidir2, k1_dtype, k2_dtype = ctx.shapes
+        B, L, H3 = z.shape
+        H = H3 // 3
+        S = 2 if has_res else 1
+        BT, BH = _blocks(H)
+        dy = dy.contiguous()
+        keep_t = keep if keep is not None else z
+        u_t = u if has_res else z
+        s_ub, s_ut = (u.stride(0), u.stride(1)) if has_res else (0, 0)
+        with torch.autocast(z.device.type, enabled=False):
+            gin = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
+            nt = triton.cdiv(n, BT)
+            part_d = torch.empty(B * nt, 2, H, device=z.device, dtype=torch.float32)
+            _bwd_pre[(B, nt, triton.cdiv(H, BH))](
+                dy, z, u_t, keep_t, cw, conv_b, gin, part_d, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
+                gin.stride(0), gin.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+            dD = part_d.sum(0)
+            GF = torch.fft.rfft(gin)
+            del gin
+            dkappa = torch.fft.irfft((GF * F.conj()).sum(1), n=n)  # (S, H, n): the filters' gradients
+            dX = torch.fft.irfft(GF.mul_(K.conj()), n=n)
+            del GF
+            dz = torch.empty_like(z)
+            du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if has_res else None
+            ntl = triton.cdiv(L, BT)
+            part_w = torch.empty(B * ntl, 3, 4, H, device=z.device, dtype=torch.float32)
+            _bwd_post[(B, ntl, triton.cdiv(H, BH))](
+                dX, dy, g1, z, keep_t, cw, conv_b, d1, d2 if has_res else d1, dz, du if has_res else dz, part_w,
+                L, H, n, z.stride(0), z.stride(1), dX.stride(0), dX.stride(1),
+                HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+            pw = part_w.sum(0)  # (3 slots, 3 taps + bias, H)
+        dconv_w = pw[:, :3].permute(0, 2, 1).reshape(conv_shape).to(cw.dtype)
+        dconv_b = pw[:, 3].reshape(H3).to(conv_b.dtype)
+
+        def filter_grads(s, bidir, dtype):
+            return dkappa[s, :, :L].to(dtype), (dkappa[s, :, n - L:].flip(-1).to(dtype) if bidir else None)
+
+        dk1f, dk1r = filter_grads(0, bidir1, k1_dtype)
+        dd1 = dD[0].to(d1.dtype)
+        dk2f = dk2r = dd2 = None
+        if has_res:
+            dk2f, dk2r = filter_grads(1, bidir2, k2_dtype)
+            dd2 = dD[1].to(d2.dtype)
+        return dz, du, dconv_w, dconv_b, dk1f, dk1r, dd1, dk2f, dk2r, dd2, None
+
+
+def fused_m2_mixer(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: torch.Tensor,
+                   k1f: torch.Tensor, k1r: Optional[torch.Tensor], d1: torch.Tensor,
+                   k2f: Optional[torch.Tensor] = None, k2r: Optional[torch.Tensor] = None,
+                   d2: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y (B, L, H) = the mixer core between in_proj and out_proj; see the module docstring."""
+    return FusedM2Mixer.apply(z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep)
