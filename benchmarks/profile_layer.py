@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import kernels  # noqa: E402
+from common import kernels, timed  # noqa: E402
 from layer_bench import NLAYERS, TOKENS, D, m2_layer  # noqa: E402
 
 
@@ -27,12 +27,14 @@ def main():
                 y = m(x)
             y.float().square().mean().backward()
 
-        for _ in range(3):
-            step()
+        wall = timed(step)
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             step()
             torch.cuda.synchronize()
+    gpu = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+    print(f"step: {wall * 1e3:.1f} ms wall (median of 10), {gpu:.1f} ms of GPU kernels; "
+          f"{TOKENS / wall:,.0f} tok/s")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=int(os.environ.get("ROWS", 30)),
                                     max_name_column_width=70))
 

@@ -4,6 +4,7 @@ Why: in eager PyTorch the GLU between the Monarch MLP's two block-diagonal layer
 product forward and four kernels plus a concatenation backward, each a full pass over (tokens, I) or (tokens, 2I)
 activations, the largest of the layer. Here forward reads g once and writes a; backward reads g and da once and
 writes dg in g's layout (no concatenation). GELU is the exact (erf) form, as ``F.gelu``'s default.
+Registered as custom ops, so torch.compile keeps the layer in one graph around them.
 """
 from __future__ import annotations
 
@@ -48,27 +49,49 @@ def _launch(kernel, rows: int, I: int, *args):
     kernel[(rows, triton.cdiv(I, block))](*args, I, BLOCK=block, num_warps=4)
 
 
-class GeluGLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, g):
-        g = g.contiguous()
-        I = g.shape[-1] // 2
-        a = torch.empty(*g.shape[:-1], I, device=g.device, dtype=g.dtype)
-        _launch(_glu_fwd, g.numel() // (2 * I), I, g, a)
-        ctx.save_for_backward(g)
-        return a
+# Custom ops (opaque to torch.compile, no graph break), wired with register_autograd.
+@torch.library.custom_op("m2dist::gelu_glu", mutates_args=())
+def _glu_op(g: torch.Tensor) -> torch.Tensor:
+    g = g.contiguous()
+    I = g.shape[-1] // 2
+    a = torch.empty(*g.shape[:-1], I, device=g.device, dtype=g.dtype)
+    _launch(_glu_fwd, g.numel() // (2 * I), I, g, a)
+    return a
 
-    @staticmethod
-    def backward(ctx, da):
-        (g,) = ctx.saved_tensors
-        I = g.shape[-1] // 2
-        dg = torch.empty_like(g)
-        _launch(_glu_bwd, g.numel() // (2 * I), I, g, da.contiguous(), dg)
-        return dg
+
+@_glu_op.register_fake
+def _(g):
+    return g.new_empty(*g.shape[:-1], g.shape[-1] // 2)
+
+
+@torch.library.custom_op("m2dist::gelu_glu_backward", mutates_args=())
+def _glu_backward_op(g: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
+    g = g.contiguous()
+    I = g.shape[-1] // 2
+    dg = torch.empty_like(g)
+    _launch(_glu_bwd, g.numel() // (2 * I), I, g, da.contiguous(), dg)
+    return dg
+
+
+@_glu_backward_op.register_fake
+def _(g, da):
+    return torch.empty_like(g)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _backward(ctx, da):
+    (g,) = ctx.saved_tensors
+    return _glu_backward_op(g, da)
+
+
+_glu_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def gelu_glu(g: torch.Tensor) -> torch.Tensor:
     """``gelu(g[..., :I]) * g[..., I:]`` for g (..., 2I); output in g's dtype."""
     if g.shape[-1] % 2:
         raise ValueError(f"gelu_glu: the last dimension must be even (gate | value), got {g.shape[-1]}")
-    return GeluGLU.apply(g)
+    return _glu_op(g)

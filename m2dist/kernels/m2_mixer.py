@@ -20,7 +20,8 @@ transposes and the zero padding are fused into one pass before and one pass afte
             cuFFT: F = rfft(X); C = irfft(F * K)                                  (K: the two filters' spectra)
             B: C, z, u -> y (B, L, H), and g1 (saved for backward)
   backward  C: dy, z, g1 -> Gin (S, B, H, n) = [dy * x2, dy], dD1, dD2 partial sums
-            cuFFT: GF = rfft(Gin); dk = irfft(sum_b GF * conj(F)); dX = irfft(GF * conj(K))
+            cuFFT: GF = rfft(Gin); one Triton pass: dK = sum_b GF * conj(F), GF *= conj(K); dk = irfft(dK);
+                   dX = irfft(GF)
             D: dX, dy, g1, z -> dz (B, L, 3H) through the short conv, du, conv weight/bias partial sums
 
 The FFT spectrum F of the forward is saved (not recomputed) for the filter gradient. Everything inside is fp32;
@@ -223,10 +224,53 @@ if HAVE_TRITON:
             tl.store(du_ptr + b * L * H + s[:, None] * H + h[None, :], du.to(du_ptr.dtype.element_ty), mask=ok)
 
 
-def _blocks(H: int) -> tuple[int, int]:
+    @triton.jit
+    def _spectral_bwd(gf_ptr, f_ptr, k_ptr, dk_ptr, B, H, nf, BF: tl.constexpr):
+        """For one (slot s, channel h) and BF frequencies: dK[s, h, f] = sum_b GF[s, b, h, f] * conj(F[s, b, h, f])
+        (the filter's gradient spectrum), and GF *= conj(K[s, h, f]) in place (the input gradient's spectrum).
+        Complex tensors are read as interleaved (re, im) fp32 pairs."""
+        sh = tl.program_id(0).to(tl.int64)
+        s = sh // H
+        h = sh % H
+        f = tl.program_id(1) * BF + tl.arange(0, BF)
+        ok = f < nf
+        kp = k_ptr + (sh * nf + f) * 2
+        kr = tl.load(kp, mask=ok, other=0.0)
+        ki = tl.load(kp + 1, mask=ok, other=0.0)
+        acc_r = tl.zeros([BF], dtype=tl.float32)
+        acc_i = tl.zeros([BF], dtype=tl.float32)
+        for b in range(B):
+            off = (((s * B + b) * H + h) * nf + f) * 2
+            gr = tl.load(gf_ptr + off, mask=ok, other=0.0)
+            gi = tl.load(gf_ptr + off + 1, mask=ok, other=0.0)
+            fr = tl.load(f_ptr + off, mask=ok, other=0.0)
+            fi = tl.load(f_ptr + off + 1, mask=ok, other=0.0)
+            acc_r += gr * fr + gi * fi
+            acc_i += gi * fr - gr * fi
+            tl.store(gf_ptr + off, gr * kr + gi * ki, mask=ok)
+            tl.store(gf_ptr + off + 1, gi * kr - gr * ki, mask=ok)
+        tl.store(dk_ptr + (sh * nf + f) * 2, acc_r, mask=ok)
+        tl.store(dk_ptr + (sh * nf + f) * 2 + 1, acc_i, mask=ok)
+
+
+def _blocks(H: int, backward: bool = False) -> tuple[int, int]:
+    """(BT, BH) token x channel tiles. The backward's last pass keeps ~15 tiles live (three slots' gradients and
+    their accumulators), so it takes smaller ones: 64 x 64 spilled registers and ran ~8x slower (NOTES.md)."""
     if interpreting():
         return 16, min(16, triton.next_power_of_2(H))
-    return 64, min(64, triton.next_power_of_2(H))
+    size = 32 if backward else 64
+    return size, min(size, triton.next_power_of_2(H))
+
+
+def _spectral_backward(GF: torch.Tensor, F: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Returns sum_b GF * conj(F) (S, H, nf) and turns GF into GF * conj(K) in place, in one pass."""
+    S, B, H, nf = GF.shape
+    dK = torch.empty(S, H, nf, device=GF.device, dtype=GF.dtype)
+    K = K.expand(S, 1, H, nf).contiguous()
+    bf = 64 if interpreting() else 512
+    _spectral_bwd[(S * H, triton.cdiv(nf, bf))](torch.view_as_real(GF), torch.view_as_real(F), torch.view_as_real(K),
+                                                torch.view_as_real(dK), B, H, nf, BF=bf, num_warps=4)
+    return dK
 
 
 def _spectra(filters, n: int) -> torch.Tensor:
@@ -235,97 +279,144 @@ def _spectra(filters, n: int) -> torch.Tensor:
     return torch.fft.rfft(torch.stack(ks), n=n)[:, None]
 
 
-class FusedM2Mixer(torch.autograd.Function):
-    """See the module docstring. Arguments: z (B, L, 3H) contiguous; u (B, L, H) with unit channel stride, or None
-    (no residual long conv); conv_w (3H, 1, 3); conv_b (3H,); k1f, k1r, d1 (filter 1, k1r None when causal);
-    k2f, k2r, d2 (filter 2, ignored when u is None); keep (B, L) or None."""
+# The forward and backward are registered as custom ops (opaque to torch.compile, which then compiles everything
+# around them as one graph instead of breaking the layer at a Python autograd.Function), wired together with
+# register_autograd. Optional inputs are real Optionals; a missing gradient comes back as an empty tensor.
+@torch.library.custom_op("m2dist::mixer_core", mutates_args=())
+def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: torch.Tensor,
+                   k1f: torch.Tensor, k1r: Optional[torch.Tensor], d1: torch.Tensor, k2f: Optional[torch.Tensor],
+                   k2r: Optional[torch.Tensor], d2: Optional[torch.Tensor], keep: Optional[torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns y (B, L, H) and what backward needs: g1 (B, L, H), the input spectrum F (S, B, H, n//2+1) and the
+    filters' spectrum K (S, 1, H, n//2+1)."""
+    B, L, H3 = z.shape
+    H = H3 // 3
+    has_res = u is not None
+    S = 2 if has_res else 1
+    n = fft_size(L)
+    BT, BH = _blocks(H)
+    z = z.contiguous()
+    cw = conv_w.reshape(H3, 3).contiguous()
+    keep_t = keep.contiguous() if keep is not None else z
+    u_t = u if has_res else z
+    s_ub, s_ut = (u.stride(0), u.stride(1)) if has_res else (0, 0)
+    with torch.autocast(z.device.type, enabled=False):
+        filters = [(k1f, k1r)] + ([(k2f, k2r)] if has_res else [])
+        K = _spectra(filters, n)
+        X = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
+        grid = (B, triton.cdiv(n, BT), triton.cdiv(H, BH))
+        _fwd_pre[grid](z, u_t, keep_t, cw, conv_b, X, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
+                       X.stride(0), X.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+        F = torch.fft.rfft(X)
+        del X
+        C = torch.fft.irfft(F * K, n=n)
+        y = torch.empty(B, L, H, device=z.device, dtype=z.dtype)
+        g1 = torch.empty_like(y)
+        grid = (B, triton.cdiv(L, BT), triton.cdiv(H, BH))
+        _fwd_post[grid](C, z, u_t, keep_t, cw, conv_b, d1, d2 if has_res else d1, y, g1,
+                        L, H, n, z.stride(0), z.stride(1), s_ub, s_ut, C.stride(0), C.stride(1),
+                        HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+    return y, g1, F, K
 
-    @staticmethod
-    def forward(ctx, z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep):
-        B, L, H3 = z.shape
-        H = H3 // 3
-        has_res = u is not None
-        S = 2 if has_res else 1
-        n = fft_size(L)
-        BT, BH = _blocks(H)
-        z = z.contiguous()
-        cw = conv_w.reshape(H3, 3).contiguous()
-        keep_t = keep.contiguous() if keep is not None else z
-        u_t = u if has_res else z
-        s_ub, s_ut = (u.stride(0), u.stride(1)) if has_res else (0, 0)
-        with torch.autocast(z.device.type, enabled=False):
-            filters = [(k1f, k1r)] + ([(k2f, k2r)] if has_res else [])
-            K = _spectra(filters, n)
-            X = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
-            grid = (B, triton.cdiv(n, BT), triton.cdiv(H, BH))
-            _fwd_pre[grid](z, u_t, keep_t, cw, conv_b, X, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
-                           X.stride(0), X.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
-            F = torch.fft.rfft(X)
-            del X
-            C = torch.fft.irfft(F * K, n=n)
-            y = torch.empty(B, L, H, device=z.device, dtype=z.dtype)
-            g1 = torch.empty_like(y)
-            grid = (B, triton.cdiv(L, BT), triton.cdiv(H, BH))
-            _fwd_post[grid](C, z, u_t, keep_t, cw, conv_b, d1, d2 if has_res else d1, y, g1,
-                            L, H, n, z.stride(0), z.stride(1), s_ub, s_ut, C.stride(0), C.stride(1),
-                            HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
-        ctx.save_for_backward(z, u, keep, cw, conv_b, d1, d2, g1, F, K)
-        ctx.shapes = (conv_w.shape, n, has_res, k1r is not None, (k2r is not None) if has_res else False,
-                      k1f.dtype, k2f.dtype if has_res else None)
-        return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        z, u, keep, cw, conv_b, d1, d2, g1, F, K = ctx.saved_tensors
-        conv_shape, n, has_res, bidir1, bidir2, k1_dtype, k2_dtype = ctx.shapes
-        B, L, H3 = z.shape
-        H = H3 // 3
-        S = 2 if has_res else 1
-        BT, BH = _blocks(H)
-        dy = dy.contiguous()
-        keep_t = keep if keep is not None else z
-        u_t = u if has_res else z
-        s_ub, s_ut = (u.stride(0), u.stride(1)) if has_res else (0, 0)
-        with torch.autocast(z.device.type, enabled=False):
-            gin = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
-            nt = triton.cdiv(n, BT)
-            part_d = torch.empty(B * nt, 2, H, device=z.device, dtype=torch.float32)
-            _bwd_pre[(B, nt, triton.cdiv(H, BH))](
-                dy, z, u_t, keep_t, cw, conv_b, gin, part_d, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
-                gin.stride(0), gin.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
-            dD = part_d.sum(0)
-            GF = torch.fft.rfft(gin)
-            del gin
-            dkappa = torch.fft.irfft((GF * F.conj()).sum(1), n=n)  # (S, H, n): the filters' gradients
-            dX = torch.fft.irfft(GF.mul_(K.conj()), n=n)
-            del GF
-            dz = torch.empty_like(z)
-            du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if has_res else None
-            ntl = triton.cdiv(L, BT)
-            part_w = torch.empty(B * ntl, 3, 4, H, device=z.device, dtype=torch.float32)
-            _bwd_post[(B, ntl, triton.cdiv(H, BH))](
-                dX, dy, g1, z, keep_t, cw, conv_b, d1, d2 if has_res else d1, dz, du if has_res else dz, part_w,
-                L, H, n, z.stride(0), z.stride(1), dX.stride(0), dX.stride(1),
-                HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
-            pw = part_w.sum(0)  # (3 slots, 3 taps + bias, H)
-        dconv_w = pw[:, :3].permute(0, 2, 1).reshape(conv_shape).to(cw.dtype)
-        dconv_b = pw[:, 3].reshape(H3).to(conv_b.dtype)
+@_mixer_core_op.register_fake
+def _(z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep):
+    B, L, H3 = z.shape
+    S, nf = (2 if u is not None else 1), fft_size(L) // 2 + 1
+    y = z.new_empty(B, L, H3 // 3)
+    spec = dict(device=z.device, dtype=torch.complex64)
+    return y, torch.empty_like(y), torch.empty(S, B, H3 // 3, nf, **spec), torch.empty(S, 1, H3 // 3, nf, **spec)
 
-        def filter_grads(s, bidir, dtype):
-            return dkappa[s, :, :L].to(dtype), (dkappa[s, :, n - L:].flip(-1).to(dtype) if bidir else None)
 
-        dk1f, dk1r = filter_grads(0, bidir1, k1_dtype)
-        dd1 = dD[0].to(d1.dtype)
-        dk2f = dk2r = dd2 = None
-        if has_res:
-            dk2f, dk2r = filter_grads(1, bidir2, k2_dtype)
-            dd2 = dD[1].to(d2.dtype)
-        return dz, du, dconv_w, dconv_b, dk1f, dk1r, dd1, dk2f, dk2r, dd2, None
+@torch.library.custom_op("m2dist::mixer_core_backward", mutates_args=())
+def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch.Tensor], keep: Optional[torch.Tensor],
+                            conv_w: torch.Tensor, conv_b: torch.Tensor, d1: torch.Tensor, d2: Optional[torch.Tensor],
+                            g1: torch.Tensor, F: torch.Tensor, K: torch.Tensor) -> list[torch.Tensor]:
+    """[dz, du, dconv_w, dconv_b, dkappa (S, H, n), dD (2, H)]; du is empty without the residual conv."""
+    B, L, H3 = z.shape
+    H = H3 // 3
+    has_res = u is not None
+    S = 2 if has_res else 1
+    n = fft_size(L)
+    BT, BH = _blocks(H)
+    dy = dy.contiguous()
+    cw = conv_w.reshape(H3, 3).contiguous()
+    keep_t = keep.contiguous() if keep is not None else z
+    u_t = u if has_res else z
+    s_ub, s_ut = (u.stride(0), u.stride(1)) if has_res else (0, 0)
+    with torch.autocast(z.device.type, enabled=False):
+        gin = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
+        nt = triton.cdiv(n, BT)
+        part_d = torch.empty(B * nt, 2, H, device=z.device, dtype=torch.float32)
+        _bwd_pre[(B, nt, triton.cdiv(H, BH))](
+            dy, z, u_t, keep_t, cw, conv_b, gin, part_d, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
+            gin.stride(0), gin.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+        dD = part_d.sum(0)
+        GF = torch.fft.rfft(gin)
+        del gin
+        dkappa = torch.fft.irfft(_spectral_backward(GF, F, K), n=n)  # (S, H, n): the filters' gradients
+        dX = torch.fft.irfft(GF, n=n)
+        del GF
+        dz = torch.empty_like(z)
+        du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if has_res else z.new_empty(0)
+        BT, BH = _blocks(H, backward=True)
+        ntl = triton.cdiv(L, BT)
+        part_w = torch.empty(B * ntl, 3, 4, H, device=z.device, dtype=torch.float32)
+        _bwd_post[(B, ntl, triton.cdiv(H, BH))](
+            dX, dy, g1, z, keep_t, cw, conv_b, d1, d2 if has_res else d1, dz, du if has_res else dz, part_w,
+            L, H, n, z.stride(0), z.stride(1), dX.stride(0), dX.stride(1),
+            HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+        pw = part_w.sum(0)  # (3 slots, 3 taps + bias, H)
+    dconv_w = pw[:, :3].permute(0, 2, 1).reshape(conv_w.shape).to(conv_w.dtype)
+    dconv_b = pw[:, 3].reshape(H3).to(conv_b.dtype)
+    return [dz, du, dconv_w, dconv_b, dkappa, dD]
+
+
+@_mixer_core_backward_op.register_fake
+def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, F, K):
+    B, L, H3 = z.shape
+    H, S, n = H3 // 3, F.shape[0], fft_size(L)
+    du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if u is not None else z.new_empty(0)
+    f32 = dict(device=z.device, dtype=torch.float32)
+    return [torch.empty_like(z), du, torch.empty_like(conv_w), torch.empty_like(conv_b), torch.empty(S, H, n, **f32),
+            torch.empty(2, H, **f32)]
+
+
+def _setup_context(ctx, inputs, output):
+    z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep = inputs
+    _, g1, F, K = output
+    ctx.save_for_backward(z, u, keep, conv_w, conv_b, d1, d2, g1, F, K)
+    ctx.meta = (k1r is not None, k1f.dtype, k2r is not None, None if k2f is None else k2f.dtype)
+
+
+def _backward(ctx, dy, _dg1, _dF, _dK):
+    z, u, keep, conv_w, conv_b, d1, d2, g1, F, K = ctx.saved_tensors
+    bidir1, k1_dtype, bidir2, k2_dtype = ctx.meta
+    dz, du, dconv_w, dconv_b, dkappa, dD = _mixer_core_backward_op(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, F, K)
+    L, n = z.shape[1], dkappa.shape[-1]
+
+    def filter_grads(s, bidir, dtype):
+        return dkappa[s, :, :L].to(dtype), (dkappa[s, :, n - L:].flip(-1).to(dtype) if bidir else None)
+
+    dk1f, dk1r = filter_grads(0, bidir1, k1_dtype)
+    dk2f = dk2r = dd2 = None
+    if u is not None:
+        dk2f, dk2r = filter_grads(1, bidir2, k2_dtype)
+        dd2 = dD[1].to(d2.dtype)
+    return (dz, du if u is not None else None, dconv_w, dconv_b, dk1f, dk1r, dD[0].to(d1.dtype), dk2f, dk2r, dd2,
+            None)
+
+
+_mixer_core_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_m2_mixer(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: torch.Tensor,
                    k1f: torch.Tensor, k1r: Optional[torch.Tensor], d1: torch.Tensor,
                    k2f: Optional[torch.Tensor] = None, k2r: Optional[torch.Tensor] = None,
                    d2: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """y (B, L, H) = the mixer core between in_proj and out_proj; see the module docstring."""
-    return FusedM2Mixer.apply(z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep)
+    """y (B, L, H) = the mixer core between in_proj and out_proj; see the module docstring. z (B, L, 3H); u (B, L, H)
+    with unit channel stride, or None (no residual long conv); conv_w (3H, 1, 3); conv_b (3H,); k1f, k1r, d1
+    (filter 1, k1r None when causal); k2f, k2r, d2 (filter 2, with u); keep (B, L) or None."""
+    if u is None:
+        k2f = k2r = d2 = None
+    return _mixer_core_op(z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep)[0]

@@ -77,9 +77,12 @@ class ImplicitFilter(nn.Module):
         """``(k_fwd, k_rev)``, each (H, length); ``k_rev`` is None for a causal filter."""
         if length > self.l_max:
             raise ValueError(f"sequence length {length} exceeds the filter's l_max={self.l_max} (model.max_seq_len)")
-        z = self.z[:length]
-        modulation = torch.exp(-self.t[:length] * self.decay)  # (L, H)
-        k_fwd = (self.mlp_fwd(z, self.freq) * modulation).transpose(0, 1)
-        if self.mlp_rev is None:
-            return k_fwd, None
-        return k_fwd, (self.mlp_rev(z, self.freq) * modulation).transpose(0, 1)
+        # fp32 even under autocast: the taps feed an fp32 FFT, and the MLP is tiny, so bf16 would only add a cast
+        # kernel per weight and step (~70 launches per layer, a visible share of a step's CPU time on a GPU).
+        with torch.autocast(self.z.device.type, enabled=False):
+            z = self.z[:length]
+            modulation = torch.exp(-self.t[:length] * self.decay)  # (L, H)
+            k_fwd = (self.mlp_fwd(z, self.freq) * modulation).transpose(0, 1)
+            if self.mlp_rev is None:
+                return k_fwd, None
+            return k_fwd, (self.mlp_rev(z, self.freq) * modulation).transpose(0, 1)
