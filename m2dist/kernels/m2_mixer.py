@@ -22,7 +22,8 @@ transposes and the zero padding are fused into one pass before and one pass afte
   backward  C: dy, z, g1 -> Gin (S, B, H, n) = [dy * x2, dy], dD1, dD2 partial sums
             cuFFT: GF = rfft(Gin); one Triton pass: dK = sum_b GF * conj(F), GF *= conj(K); dk = irfft(dK);
                    dX = irfft(GF)
-            D: dX, dy, g1, z -> dz (B, L, 3H) through the short conv, du, conv weight/bias partial sums
+            D: dX, dy, g1, z -> gz (B, L, 3H), the gradient at the short conv's outputs, and the conv weight/bias
+               partial sums; E: gz -> dz (B, L, 3H) through the short conv's transpose, and du
 
 The FFT spectrum F of the forward is saved (not recomputed) for the filter gradient. Everything inside is fp32;
 z, u and dy may be bf16 (they are under autocast). Only the 3-tap short conv is fused (the paper's and every
@@ -158,34 +159,22 @@ if HAVE_TRITON:
         return g_x1, g_x2, g_v
 
     @triton.jit
-    def _bwd_post(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, d2_ptr, dz_ptr, du_ptr, part_ptr,
-                  L, H, n, s_zb, s_zt, s_xs, s_xb,
-                  HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
-        """dz[s] = sum_j W[j] * gzc[s + 2 - j] per slot (the short conv's transpose), du = dX_res + D2 * dy, and
-        partial sums of the conv weight gradient sum_s gzc[s] * z[s - 2 + j] and bias gradient sum_s gzc[s] at
+    def _bwd_gates(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, gz_ptr, part_ptr,
+                   L, H, n, s_zb, s_zt, s_xb,
+                   HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
+        """gz (B, L, 3H) fp32 = the gradient at the short conv's outputs (x1 | x2 | v), and per-program partial sums
+        of the conv weight gradient sum_t gz[t] * z[t - 2 + j] and bias gradient sum_t gz[t] at
         part[program row, slot, j (0..2) | 3 (bias), h]."""
         b = tl.program_id(0).to(tl.int64)
         pt = tl.program_id(1)
-        s = pt * BT + tl.arange(0, BT)
+        t = pt * BT + tl.arange(0, BT)
         h = tl.program_id(2) * BH + tl.arange(0, BH)
         hm = h < H
-        ok = (s < L)[:, None] & hm[None, :]
+        ok = (t < L)[:, None] & hm[None, :]
         zb = b * s_zb
-        xsrc = dx_ptr + b * s_xb
-        # Weights of the three slots, tap j at channel slot*H + h.
-        wa0 = tl.load(cw_ptr + h * 3 + 0, mask=hm, other=0.0).to(tl.float32)[None, :]
-        wa1 = tl.load(cw_ptr + h * 3 + 1, mask=hm, other=0.0).to(tl.float32)[None, :]
-        wa2 = tl.load(cw_ptr + h * 3 + 2, mask=hm, other=0.0).to(tl.float32)[None, :]
-        wb0 = tl.load(cw_ptr + (H + h) * 3 + 0, mask=hm, other=0.0).to(tl.float32)[None, :]
-        wb1 = tl.load(cw_ptr + (H + h) * 3 + 1, mask=hm, other=0.0).to(tl.float32)[None, :]
-        wb2 = tl.load(cw_ptr + (H + h) * 3 + 2, mask=hm, other=0.0).to(tl.float32)[None, :]
-        wc0 = tl.load(cw_ptr + (2 * H + h) * 3 + 0, mask=hm, other=0.0).to(tl.float32)[None, :]
-        wc1 = tl.load(cw_ptr + (2 * H + h) * 3 + 1, mask=hm, other=0.0).to(tl.float32)[None, :]
-        wc2 = tl.load(cw_ptr + (2 * H + h) * 3 + 2, mask=hm, other=0.0).to(tl.float32)[None, :]
-
-        # Shift 0: the outputs at s themselves; they also give the weight and bias gradients.
-        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc, s,
-                                    h, L, H, n, s_zt, HAS_MASK)
+        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb,
+                                    dx_ptr + b * s_xb, t, h, L, H, n, s_zt, HAS_MASK)
+        dst = gz_ptr + b * L * 3 * H + t[:, None] * 3 * H + h[None, :]
         row = (b * tl.num_programs(1) + pt) * 12 * H
         for slot in tl.static_range(3):
             if slot == 0:
@@ -194,35 +183,40 @@ if HAVE_TRITON:
                 g = g_b
             else:
                 g = g_c
+            tl.store(dst + slot * H, g, mask=ok)
             zp = z_ptr + zb + slot * H
             for j in tl.static_range(3):
-                zt = _load_tile(zp, s - 2 + j, h, L, H, s_zt)
+                zt = _load_tile(zp, t - 2 + j, h, L, H, s_zt)
                 tl.store(part_ptr + row + (slot * 4 + j) * H + h, tl.sum(g * zt, axis=0), mask=hm)
             tl.store(part_ptr + row + (slot * 4 + 3) * H + h, tl.sum(g, axis=0), mask=hm)
-        acc_a = wa2 * g_a
-        acc_b = wb2 * g_b
-        acc_c = wc2 * g_c
-        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc,
-                                    s + 1, h, L, H, n, s_zt, HAS_MASK)
-        acc_a += wa1 * g_a
-        acc_b += wb1 * g_b
-        acc_c += wc1 * g_c
-        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc,
-                                    s + 2, h, L, H, n, s_zt, HAS_MASK)
-        acc_a += wa0 * g_a
-        acc_b += wb0 * g_b
-        acc_c += wc0 * g_c
-        dz = dz_ptr + b * L * 3 * H + s[:, None] * 3 * H + h[None, :]
-        ty = dz_ptr.dtype.element_ty
-        tl.store(dz, acc_a.to(ty), mask=ok)
-        tl.store(dz + H, acc_b.to(ty), mask=ok)
-        tl.store(dz + 2 * H, acc_c.to(ty), mask=ok)
-        if HAS_RES:
-            dy = _load_tile(dy_ptr + b * L * H, s, h, L, H, H)
-            d2 = tl.load(d2_ptr + h, mask=hm, other=0.0).to(tl.float32)
-            du = tl.load(xsrc + s_xs + h[None, :] * n + s[:, None], mask=ok, other=0.0) + d2[None, :] * dy
-            tl.store(du_ptr + b * L * H + s[:, None] * H + h[None, :], du.to(du_ptr.dtype.element_ty), mask=ok)
 
+    @triton.jit
+    def _bwd_conv(gz_ptr, dx_ptr, dy_ptr, cw_ptr, d2_ptr, dz_ptr, du_ptr, L, H3, H, n, s_xs, s_xb,
+                  HAS_RES: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
+        """dz[s, c] = sum_j W[c, j] * gz[s + 2 - j, c] over all 3H channels (the short conv's transpose), and the
+        residual conv's input gradient du = dX_res + D2 * dy for the first H."""
+        b = tl.program_id(0).to(tl.int64)
+        s = tl.program_id(1) * BT + tl.arange(0, BT)
+        c = tl.program_id(2) * BH + tl.arange(0, BH)
+        cm = c < H3
+        src = gz_ptr + b * L * H3
+        w0 = tl.load(cw_ptr + c * 3 + 0, mask=cm, other=0.0).to(tl.float32)[None, :]
+        w1 = tl.load(cw_ptr + c * 3 + 1, mask=cm, other=0.0).to(tl.float32)[None, :]
+        w2 = tl.load(cw_ptr + c * 3 + 2, mask=cm, other=0.0).to(tl.float32)[None, :]
+        acc = w2 * _load_tile(src, s, c, L, H3, H3)
+        acc += w1 * _load_tile(src, s + 1, c, L, H3, H3)
+        acc += w0 * _load_tile(src, s + 2, c, L, H3, H3)
+        ok = (s < L)[:, None] & cm[None, :]
+        tl.store(dz_ptr + b * L * H3 + s[:, None] * H3 + c[None, :], acc.to(dz_ptr.dtype.element_ty), mask=ok)
+        if HAS_RES:
+            if tl.program_id(2) * BH < H:
+                hm = c < H
+                okh = (s < L)[:, None] & hm[None, :]
+                dy = _load_tile(dy_ptr + b * L * H, s, c, L, H, H)
+                d2 = tl.load(d2_ptr + c, mask=hm, other=0.0).to(tl.float32)
+                du = tl.load(dx_ptr + s_xs + b * s_xb + c[None, :] * n + s[:, None], mask=okh, other=0.0)
+                du += d2[None, :] * dy
+                tl.store(du_ptr + b * L * H + s[:, None] * H + c[None, :], du.to(du_ptr.dtype.element_ty), mask=okh)
 
     @triton.jit
     def _spectral_bwd(gf_ptr, f_ptr, k_ptr, dk_ptr, B, H, nf, BF: tl.constexpr):
@@ -253,13 +247,11 @@ if HAVE_TRITON:
         tl.store(dk_ptr + (sh * nf + f) * 2 + 1, acc_i, mask=ok)
 
 
-def _blocks(H: int, backward: bool = False) -> tuple[int, int]:
-    """(BT, BH) token x channel tiles. The backward's last pass keeps ~15 tiles live (three slots' gradients and
-    their accumulators), so it takes smaller ones: 64 x 64 spilled registers and ran ~8x slower (NOTES.md)."""
+def _blocks(H: int) -> tuple[int, int]:
+    """(BT, BH) token x channel tiles."""
     if interpreting():
         return 16, min(16, triton.next_power_of_2(H))
-    size = 32 if backward else 64
-    return size, min(size, triton.next_power_of_2(H))
+    return 64, min(64, triton.next_power_of_2(H))
 
 
 def _spectral_backward(GF: torch.Tensor, F: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -274,9 +266,11 @@ def _spectral_backward(GF: torch.Tensor, F: torch.Tensor, K: torch.Tensor) -> to
 
 
 def _spectra(filters, n: int) -> torch.Tensor:
-    """(S, 1, H, n//2+1) complex64: rfft of each filter's circular kernel [k_fwd, 0.., flip(k_rev)]."""
+    """(S, 1, H, n//2+1) complex64: rfft of each filter's circular kernel [k_fwd, 0.., flip(k_rev)], divided by n.
+    The 1/n of the inverse FFT is folded in here, so the big inverse transforms run unnormalised
+    (``norm="forward"``) instead of paying a full scaling pass over their (S, B, H, n) output."""
     ks = [build_kappa(kf.float(), None if kr is None else kr.float(), n) for kf, kr in filters]
-    return torch.fft.rfft(torch.stack(ks), n=n)[:, None]
+    return torch.fft.rfft(torch.stack(ks), n=n, norm="forward")[:, None]
 
 
 # The forward and backward are registered as custom ops (opaque to torch.compile, which then compiles everything
@@ -309,7 +303,7 @@ def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
                        X.stride(0), X.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
         F = torch.fft.rfft(X)
         del X
-        C = torch.fft.irfft(F * K, n=n)
+        C = torch.fft.irfft(F * K, n=n, norm="forward")
         y = torch.empty(B, L, H, device=z.device, dtype=z.dtype)
         g1 = torch.empty_like(y)
         grid = (B, triton.cdiv(L, BT), triton.cdiv(H, BH))
@@ -355,17 +349,20 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
         GF = torch.fft.rfft(gin)
         del gin
         dkappa = torch.fft.irfft(_spectral_backward(GF, F, K), n=n)  # (S, H, n): the filters' gradients
-        dX = torch.fft.irfft(GF, n=n)
+        dX = torch.fft.irfft(GF, n=n, norm="forward")
         del GF
         dz = torch.empty_like(z)
         du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if has_res else z.new_empty(0)
-        BT, BH = _blocks(H, backward=True)
         ntl = triton.cdiv(L, BT)
+        gz = torch.empty(B, L, H3, device=z.device, dtype=torch.float32)
         part_w = torch.empty(B * ntl, 3, 4, H, device=z.device, dtype=torch.float32)
-        _bwd_post[(B, ntl, triton.cdiv(H, BH))](
-            dX, dy, g1, z, keep_t, cw, conv_b, d1, d2 if has_res else d1, dz, du if has_res else dz, part_w,
-            L, H, n, z.stride(0), z.stride(1), dX.stride(0), dX.stride(1),
-            HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+        _bwd_gates[(B, ntl, triton.cdiv(H, BH))](  # ~10 live tiles: 8 warps keep them in registers
+            dX, dy, g1, z, keep_t, cw, conv_b, d1, gz, part_w, L, H, n, z.stride(0), z.stride(1), dX.stride(1),
+            HAS_MASK=keep is not None, BT=BT, BH=BH, num_warps=8)
+        _bwd_conv[(B, ntl, triton.cdiv(H3, BH))](
+            gz, dX, dy, cw, d2 if has_res else d1, dz, du if has_res else dz, L, H3, H, n, dX.stride(0),
+            dX.stride(1), HAS_RES=has_res, BT=BT, BH=BH)
+        del gz
         pw = part_w.sum(0)  # (3 slots, 3 taps + bias, H)
     dconv_w = pw[:, :3].permute(0, 2, 1).reshape(conv_w.shape).to(conv_w.dtype)
     dconv_b = pw[:, 3].reshape(H3).to(conv_b.dtype)
