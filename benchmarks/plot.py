@@ -1,8 +1,7 @@
 """Plot training tokens/s against L from layer_bench JSON files (and, optionally, the anchor table).
 
-    python benchmarks/plot.py benchmarks/results/run4_layer_eager.json benchmarks/results/run4_layer_compiled.json \
-        benchmarks/results/run3_layer_bench.json --anchor ../shared/reference/h200-anchor-bench.md \
-        -o benchmarks/results/layer_train_tok_s.png
+    python benchmarks/plot.py benchmarks/results/run7_layer_bench.json \
+        --anchor ../shared/reference/h200-anchor-bench.md -o benchmarks/results/layer_train_tok_s.png
 """
 from __future__ import annotations
 
@@ -11,8 +10,9 @@ import json
 import re
 
 STYLE = {
-    "m2_kernels": dict(color="tab:red", marker="o", label="M2 (project) + kernels, eager"),
-    "m2_kernels_compiled": dict(color="tab:red", marker="*", ls="none", ms=12, label="M2 (project) + kernels, compiled"),
+    "m2_fused": dict(color="tab:red", marker="o", label="M2 (project), fused mixer + GLU kernels, eager"),
+    "m2_fused_compiled": dict(color="tab:red", marker="*", ls="none", ms=12, label="M2 (project), fused, compiled"),
+    "m2_kernels": dict(color="tab:pink", marker="x", ls="none", ms=9, label="M2 (project), per-op kernels, eager"),
     "m2_torch": dict(color="tab:orange", marker="s", ls="none", label="M2 (project), PyTorch path"),
     "m2_ref": dict(color="tab:gray", marker="D", ls="none", label="public M2 reference (this run)"),
     "anchor_m2_ref": dict(color="tab:gray", ls=":", marker=".", label="public M2 reference (anchor run)"),

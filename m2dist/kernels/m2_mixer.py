@@ -22,8 +22,9 @@ transposes and the zero padding are fused into one pass before and one pass afte
   backward  C: dy, z, g1 -> Gin (S, B, H, n) = [dy * x2, dy], dD1, dD2 partial sums
             cuFFT: GF = rfft(Gin); one Triton pass: dK = sum_b GF * conj(F), GF *= conj(K); dk = irfft(dK);
                    dX = irfft(GF)
-            D: dX, dy, g1, z -> gz (B, L, 3H), the gradient at the short conv's outputs, and the conv weight/bias
-               partial sums; E: gz -> dz (B, L, 3H) through the short conv's transpose, and du
+            D: dX, dy, g1, z -> gz (B, L, 3H), the gradient at the short conv's outputs;
+            E: gz, z -> dz (B, L, 3H) through the short conv's transpose, the conv weight/bias gradients
+               (accumulated in registers over a run of token tiles), and du
 
 The FFT spectrum F of the forward is saved (not recomputed) for the filter gradient. Everything inside is fp32;
 z, u and dy may be bf16 (they are under autocast). Only the 3-tap short conv is fused (the paper's and every
@@ -159,64 +160,67 @@ if HAVE_TRITON:
         return g_x1, g_x2, g_v
 
     @triton.jit
-    def _bwd_gates(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, gz_ptr, part_ptr,
+    def _bwd_gates(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, gz_ptr,
                    L, H, n, s_zb, s_zt, s_xb,
                    HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
-        """gz (B, L, 3H) fp32 = the gradient at the short conv's outputs (x1 | x2 | v), and per-program partial sums
-        of the conv weight gradient sum_t gz[t] * z[t - 2 + j] and bias gradient sum_t gz[t] at
-        part[program row, slot, j (0..2) | 3 (bias), h]."""
+        """gz (B, L, 3H) fp32 = the gradient at the short conv's outputs (x1 | x2 | v)."""
         b = tl.program_id(0).to(tl.int64)
-        pt = tl.program_id(1)
-        t = pt * BT + tl.arange(0, BT)
+        t = tl.program_id(1) * BT + tl.arange(0, BT)
         h = tl.program_id(2) * BH + tl.arange(0, BH)
-        hm = h < H
-        ok = (t < L)[:, None] & hm[None, :]
-        zb = b * s_zb
-        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb,
+        ok = (t < L)[:, None] & (h < H)[None, :]
+        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, b * s_zb,
                                     dx_ptr + b * s_xb, t, h, L, H, n, s_zt, HAS_MASK)
         dst = gz_ptr + b * L * 3 * H + t[:, None] * 3 * H + h[None, :]
-        row = (b * tl.num_programs(1) + pt) * 12 * H
-        for slot in tl.static_range(3):
-            if slot == 0:
-                g = g_a
-            elif slot == 1:
-                g = g_b
-            else:
-                g = g_c
-            tl.store(dst + slot * H, g, mask=ok)
-            zp = z_ptr + zb + slot * H
-            for j in tl.static_range(3):
-                zt = _load_tile(zp, t - 2 + j, h, L, H, s_zt)
-                tl.store(part_ptr + row + (slot * 4 + j) * H + h, tl.sum(g * zt, axis=0), mask=hm)
-            tl.store(part_ptr + row + (slot * 4 + 3) * H + h, tl.sum(g, axis=0), mask=hm)
+        tl.store(dst, g_a, mask=ok)
+        tl.store(dst + H, g_b, mask=ok)
+        tl.store(dst + 2 * H, g_c, mask=ok)
 
     @triton.jit
-    def _bwd_conv(gz_ptr, dx_ptr, dy_ptr, cw_ptr, d2_ptr, dz_ptr, du_ptr, L, H3, H, n, s_xs, s_xb,
+    def _bwd_conv(gz_ptr, z_ptr, dx_ptr, dy_ptr, cw_ptr, d2_ptr, dz_ptr, du_ptr, part_ptr,
+                  L, H3, H, n, s_zb, s_zt, s_xs, s_xb, TILES,
                   HAS_RES: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
-        """dz[s, c] = sum_j W[c, j] * gz[s + 2 - j, c] over all 3H channels (the short conv's transpose), and the
-        residual conv's input gradient du = dX_res + D2 * dy for the first H."""
+        """Over TILES consecutive token tiles of one sequence and BH of the 3H channels:
+        dz[s, c] = sum_j W[c, j] * gz[s + 2 - j, c] (the short conv's transpose); the weight and bias gradients'
+        partial sums sum_s gz[s] * z[s - 2 + j] and sum_s gz[s], accumulated in registers over the tiles and
+        reduced once, at part[program row, j (0..2) | 3 (bias), c]; and du = dX_res + D2 * dy for c < H."""
         b = tl.program_id(0).to(tl.int64)
-        s = tl.program_id(1) * BT + tl.arange(0, BT)
+        pc = tl.program_id(1)
         c = tl.program_id(2) * BH + tl.arange(0, BH)
         cm = c < H3
         src = gz_ptr + b * L * H3
+        zp = z_ptr + b * s_zb
         w0 = tl.load(cw_ptr + c * 3 + 0, mask=cm, other=0.0).to(tl.float32)[None, :]
         w1 = tl.load(cw_ptr + c * 3 + 1, mask=cm, other=0.0).to(tl.float32)[None, :]
         w2 = tl.load(cw_ptr + c * 3 + 2, mask=cm, other=0.0).to(tl.float32)[None, :]
-        acc = w2 * _load_tile(src, s, c, L, H3, H3)
-        acc += w1 * _load_tile(src, s + 1, c, L, H3, H3)
-        acc += w0 * _load_tile(src, s + 2, c, L, H3, H3)
-        ok = (s < L)[:, None] & cm[None, :]
-        tl.store(dz_ptr + b * L * H3 + s[:, None] * H3 + c[None, :], acc.to(dz_ptr.dtype.element_ty), mask=ok)
-        if HAS_RES:
-            if tl.program_id(2) * BH < H:
-                hm = c < H
-                okh = (s < L)[:, None] & hm[None, :]
-                dy = _load_tile(dy_ptr + b * L * H, s, c, L, H, H)
-                d2 = tl.load(d2_ptr + c, mask=hm, other=0.0).to(tl.float32)
-                du = tl.load(dx_ptr + s_xs + b * s_xb + c[None, :] * n + s[:, None], mask=okh, other=0.0)
-                du += d2[None, :] * dy
-                tl.store(du_ptr + b * L * H + s[:, None] * H + c[None, :], du.to(du_ptr.dtype.element_ty), mask=okh)
+        acc0 = tl.zeros([BT, BH], dtype=tl.float32)
+        acc1 = tl.zeros([BT, BH], dtype=tl.float32)
+        acc2 = tl.zeros([BT, BH], dtype=tl.float32)
+        accb = tl.zeros([BT, BH], dtype=tl.float32)
+        for i in range(TILES):
+            s = (pc * TILES + i) * BT + tl.arange(0, BT)
+            g = _load_tile(src, s, c, L, H3, H3)
+            acc0 += g * _load_tile(zp, s - 2, c, L, H3, s_zt)
+            acc1 += g * _load_tile(zp, s - 1, c, L, H3, s_zt)
+            acc2 += g * _load_tile(zp, s, c, L, H3, s_zt)
+            accb += g
+            dz = w2 * g + w1 * _load_tile(src, s + 1, c, L, H3, H3) + w0 * _load_tile(src, s + 2, c, L, H3, H3)
+            ok = (s < L)[:, None] & cm[None, :]
+            tl.store(dz_ptr + b * L * H3 + s[:, None] * H3 + c[None, :], dz.to(dz_ptr.dtype.element_ty), mask=ok)
+            if HAS_RES:
+                if tl.program_id(2) * BH < H:
+                    hm = c < H
+                    okh = (s < L)[:, None] & hm[None, :]
+                    dy = _load_tile(dy_ptr + b * L * H, s, c, L, H, H)
+                    d2 = tl.load(d2_ptr + c, mask=hm, other=0.0).to(tl.float32)
+                    du = tl.load(dx_ptr + s_xs + b * s_xb + c[None, :] * n + s[:, None], mask=okh, other=0.0)
+                    du += d2[None, :] * dy
+                    tl.store(du_ptr + b * L * H + s[:, None] * H + c[None, :], du.to(du_ptr.dtype.element_ty),
+                             mask=okh)
+        row = (b * tl.num_programs(1) + pc) * 4 * H3
+        tl.store(part_ptr + row + c, tl.sum(acc0, axis=0), mask=cm)
+        tl.store(part_ptr + row + H3 + c, tl.sum(acc1, axis=0), mask=cm)
+        tl.store(part_ptr + row + 2 * H3 + c, tl.sum(acc2, axis=0), mask=cm)
+        tl.store(part_ptr + row + 3 * H3 + c, tl.sum(accb, axis=0), mask=cm)
 
     @triton.jit
     def _spectral_bwd(gf_ptr, f_ptr, k_ptr, dk_ptr, B, H, nf, BF: tl.constexpr):
@@ -355,17 +359,20 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
         du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if has_res else z.new_empty(0)
         ntl = triton.cdiv(L, BT)
         gz = torch.empty(B, L, H3, device=z.device, dtype=torch.float32)
-        part_w = torch.empty(B * ntl, 3, 4, H, device=z.device, dtype=torch.float32)
-        _bwd_gates[(B, ntl, triton.cdiv(H, BH))](  # ~10 live tiles: 8 warps keep them in registers
-            dX, dy, g1, z, keep_t, cw, conv_b, d1, gz, part_w, L, H, n, z.stride(0), z.stride(1), dX.stride(1),
-            HAS_MASK=keep is not None, BT=BT, BH=BH, num_warps=8)
-        _bwd_conv[(B, ntl, triton.cdiv(H3, BH))](
-            gz, dX, dy, cw, d2 if has_res else d1, dz, du if has_res else dz, L, H3, H, n, dX.stride(0),
-            dX.stride(1), HAS_RES=has_res, BT=BT, BH=BH)
+        _bwd_gates[(B, ntl, triton.cdiv(H, BH))](
+            dX, dy, g1, z, keep_t, cw, conv_b, d1, gz, L, H, n, z.stride(0), z.stride(1), dX.stride(1),
+            HAS_MASK=keep is not None, BT=BT, BH=BH)
+        tiles = 2 if interpreting() else 8  # token tiles per program of the transpose pass (one reduction each)
+        chunks = triton.cdiv(ntl, tiles)
+        part_w = torch.empty(B * chunks, 4, H3, device=z.device, dtype=torch.float32)
+        _bwd_conv[(B, chunks, triton.cdiv(H3, BH))](
+            gz, z, dX, dy, cw, d2 if has_res else d1, dz, du if has_res else dz, part_w, L, H3, H, n,
+            z.stride(0), z.stride(1), dX.stride(0), dX.stride(1), tiles, HAS_RES=has_res, BT=BT, BH=BH,
+            num_warps=8)
         del gz
-        pw = part_w.sum(0)  # (3 slots, 3 taps + bias, H)
-    dconv_w = pw[:, :3].permute(0, 2, 1).reshape(conv_w.shape).to(conv_w.dtype)
-    dconv_b = pw[:, 3].reshape(H3).to(conv_b.dtype)
+        pw = part_w.sum(0)  # (3 taps + bias, 3H)
+    dconv_w = pw[:3].t().contiguous().reshape(conv_w.shape).to(conv_w.dtype)
+    dconv_b = pw[3].clone().to(conv_b.dtype)  # custom-op outputs may not alias each other
     return [dz, du, dconv_w, dconv_b, dkappa, dD]
 
 
