@@ -234,25 +234,47 @@ def _weight_grad(gy: torch.Tensor, x: torch.Tensor, nb: int) -> torch.Tensor:
     return part[0] if splits == 1 else part.sum(0)
 
 
-class BlockDiagonalMatmul(torch.autograd.Function):
+# Registered as custom ops (with autograd) so that torch.compile treats them as opaque calls: traced through, the
+# backend choice below (timed with CUDA events on first use) was lost and compiled stacks ran the slower backend.
+@torch.library.custom_op("m2dist::block_diagonal", mutates_args=())
+def _block_diagonal_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """x (M, nb*p), weight (nb, q, p), bias (nb*q,) or None -> (M, nb*q); dtypes of x and weight must agree."""
+    return _apply(x, weight, bias)
 
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return _apply(x, weight, bias)
 
-    @staticmethod
-    def backward(ctx, gy):
-        x, weight = ctx.saved_tensors
-        gy = gy.contiguous()
-        gx = _apply(gy, weight.transpose(1, 2), None) if ctx.needs_input_grad[0] else None
-        gw = _weight_grad(gy, x, weight.shape[0]).to(weight.dtype) if ctx.needs_input_grad[1] else None
-        gb = None
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            gb = gy.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        return gx, gw, gb
+@_block_diagonal_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty(x.shape[0], weight.shape[0] * weight.shape[1])
+
+
+@torch.library.custom_op("m2dist::block_diagonal_backward", mutates_args=())
+def _block_diagonal_backward_op(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                                bias: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    """[dx, dweight, dbias (empty without a bias)]."""
+    gy = gy.contiguous()
+    gx = _apply(gy, weight.transpose(1, 2), None)
+    gw = _weight_grad(gy, x, weight.shape[0]).to(weight.dtype)
+    gb = gy.sum(0, dtype=torch.float32).to(bias.dtype) if bias is not None else gy.new_empty(0)
+    return [gx, gw, gb]
+
+
+@_block_diagonal_backward_op.register_fake
+def _(gy, x, weight, bias):
+    return [torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias) if bias is not None else gy.new_empty(0)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight, bias)
+
+
+def _backward(ctx, gy):
+    x, weight, bias = ctx.saved_tensors
+    gx, gw, gb = _block_diagonal_backward_op(gy, x, weight, bias)
+    return gx, gw, (gb if bias is not None else None)
+
+
+_block_diagonal_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def block_diagonal_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -261,5 +283,5 @@ def block_diagonal_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1 or x2.stride(0) != x2.shape[1]:
         x2 = x2.contiguous()
-    y = BlockDiagonalMatmul.apply(x2, weight, bias)
+    y = _block_diagonal_op(x2, weight, bias)
     return y.view(*lead, y.shape[-1])
