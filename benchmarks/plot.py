@@ -1,7 +1,7 @@
 """Plot training tokens/s against L from layer_bench JSON files (and, optionally, the anchor table).
 
     python benchmarks/plot.py benchmarks/results/run7_layer_bench.json \
-        --anchor ../shared/reference/h200-anchor-bench.md -o benchmarks/results/layer_train_tok_s.png
+        benchmarks/results/run9_layer_bench.json:m2_fused_compiled --anchor ../shared/reference/h200-anchor-bench.md -o benchmarks/results/layer_train_tok_s.png
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import re
 
 STYLE = {
     "m2_fused": dict(color="tab:red", marker="o", label="M2 (project), fused mixer + GLU kernels, eager"),
-    "m2_fused_compiled": dict(color="tab:red", marker="*", ls="none", ms=12, label="M2 (project), fused, compiled"),
+    "m2_fused_compiled": dict(color="tab:red", marker="*", ls="none", ms=12, label="M2 (project), fused, compiled (run 9)"),
     "m2_kernels": dict(color="tab:pink", marker="x", ls="none", ms=9, label="M2 (project), per-op kernels, eager"),
     "m2_torch": dict(color="tab:orange", marker="s", ls="none", label="M2 (project), PyTorch path"),
     "m2_ref": dict(color="tab:gray", marker="D", ls="none", label="public M2 reference (this run)"),
@@ -32,7 +32,7 @@ def anchor_rows(path: str) -> list:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("files", nargs="+")
+    ap.add_argument("files", nargs="+", help="layer_bench JSON files; FILE:prefix1,prefix2 keeps only those models")
     ap.add_argument("--anchor")
     ap.add_argument("-o", "--out", default="benchmarks/results/layer_train_tok_s.png")
     args = ap.parse_args()
@@ -41,7 +41,12 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for f in args.files for r in json.load(open(f))["rows"] if r.get("train_tok_per_s")]
+    rows = []
+    for spec in args.files:
+        path, _, keep = spec.partition(":")
+        prefixes = tuple(filter(None, keep.split(",")))
+        rows += [r for r in json.load(open(path))["rows"]
+                 if r.get("train_tok_per_s") and (not prefixes or r["model"].startswith(prefixes))]
     if args.anchor:
         rows += anchor_rows(args.anchor)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
