@@ -277,6 +277,18 @@ def _spectra(filters, n: int) -> torch.Tensor:
     return torch.fft.rfft(torch.stack(ks), n=n, norm="forward")[:, None]
 
 
+def _geometry(z, u, keep, conv_w):
+    """What every launch needs: sizes, tiles, the conv weight as (3H, 3), and stand-ins for absent pointers (never
+    read: the kernels' HAS_RES / HAS_MASK flags are off then)."""
+    B, L, H3 = z.shape
+    has_res = u is not None
+    BT, BH = _blocks(H3 // 3)
+    keep_t = keep.contiguous() if keep is not None else z
+    u_t, (s_ub, s_ut) = (u, u.stride()[:2]) if has_res else (z, (0, 0))
+    return (B, L, H3, H3 // 3, has_res, 2 if has_res else 1, fft_size(L), BT, BH, conv_w.reshape(H3, 3).contiguous(),
+            keep_t, u_t, s_ub, s_ut)
+
+
 # The forward and backward are registered as custom ops (opaque to torch.compile, which then compiles everything
 # around them as one graph instead of breaking the layer at a Python autograd.Function), wired together with
 # register_autograd. Optional inputs are real Optionals; a missing gradient comes back as an empty tensor.
@@ -287,17 +299,8 @@ def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns y (B, L, H) and what backward needs: g1 (B, L, H), the input spectrum F (S, B, H, n//2+1) and the
     filters' spectrum K (S, 1, H, n//2+1)."""
-    B, L, H3 = z.shape
-    H = H3 // 3
-    has_res = u is not None
-    S = 2 if has_res else 1
-    n = fft_size(L)
-    BT, BH = _blocks(H)
     z = z.contiguous()
-    cw = conv_w.reshape(H3, 3).contiguous()
-    keep_t = keep.contiguous() if keep is not None else z
-    u_t = u if has_res else z
-    s_ub, s_ut = (u.stride(0), u.stride(1)) if has_res else (0, 0)
+    B, L, H3, H, has_res, S, n, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
     with torch.autocast(z.device.type, enabled=False):
         filters = [(k1f, k1r)] + ([(k2f, k2r)] if has_res else [])
         K = _spectra(filters, n)
@@ -331,17 +334,8 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
                             conv_w: torch.Tensor, conv_b: torch.Tensor, d1: torch.Tensor, d2: Optional[torch.Tensor],
                             g1: torch.Tensor, F: torch.Tensor, K: torch.Tensor) -> list[torch.Tensor]:
     """[dz, du, dconv_w, dconv_b, dkappa (S, H, n), dD (2, H)]; du is empty without the residual conv."""
-    B, L, H3 = z.shape
-    H = H3 // 3
-    has_res = u is not None
-    S = 2 if has_res else 1
-    n = fft_size(L)
-    BT, BH = _blocks(H)
     dy = dy.contiguous()
-    cw = conv_w.reshape(H3, 3).contiguous()
-    keep_t = keep.contiguous() if keep is not None else z
-    u_t = u if has_res else z
-    s_ub, s_ut = (u.stride(0), u.stride(1)) if has_res else (0, 0)
+    B, L, H3, H, has_res, S, n, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
     with torch.autocast(z.device.type, enabled=False):
         gin = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
         nt = triton.cdiv(n, BT)
