@@ -2,7 +2,9 @@
 
 The handler only sets a flag (nothing else is safe inside a signal handler). The loop checks it after every step
 through an all-reduce, because a signal may reach only some ranks (e.g. one node's tasks), and all ranks must
-agree to enter the collective checkpoint save at the same step.
+agree to enter the collective checkpoint save at the same step. A signal that lands after a rank's check has read
+its flag (while it waits in that check's all-reduce, say) is acted on at the next check: the job then finishes one
+more step than the one in progress, never more.
 """
 
 from __future__ import annotations

@@ -172,8 +172,10 @@ def test_sigusr1_saves_and_exits_85_within_one_step(configs, tmp_path):
     assert code != 0 and "exitcode  : 85" in log, log[-3000:]
     marker = json.loads((run_dir / "PREEMPTED").read_text())
     assert marker["signal"] == signal.SIGUSR1
-    # Finished the step in progress when the signal came, saved it, and stopped.
-    assert marker["step"] == marker["signal_step"]
+    # Finished the step in progress when the signal came (or the next one: a signal that lands after this rank's
+    # end-of-step check has read its flag, e.g. while it waits in that check's all-reduce, is seen one step later),
+    # saved it, and stopped.
+    assert 0 <= marker["step"] - marker["signal_step"] <= 1, marker
     last = max(m["step"] for m in mr.metrics(run_dir))
     assert last == marker["step"]
     assert (ckpt / "latest").read_text().strip() == f"step_{marker['step']}"
