@@ -260,7 +260,9 @@ def _block_diagonal_backward_op(gy: torch.Tensor, x: torch.Tensor, weight: torch
 
 @_block_diagonal_backward_op.register_fake
 def _(gy, x, weight, bias):
-    return [torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias) if bias is not None else gy.new_empty(0)]
+    # Contiguous, as the real op's outputs (whatever the strides of x and of a transposed weight view)
+    return [x.new_empty(x.shape), weight.new_empty(weight.shape),
+            bias.new_empty(bias.shape) if bias is not None else gy.new_empty(0)]
 
 
 def _setup_context(ctx, inputs, output):

@@ -75,7 +75,7 @@ def _glu_backward_op(g: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
 
 @_glu_backward_op.register_fake
 def _(g, da):
-    return torch.empty_like(g)
+    return g.new_empty(g.shape)  # contiguous, as the real op's output
 
 
 def _setup_context(ctx, inputs, output):

@@ -414,7 +414,23 @@ def fused_m2_mixer(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
                    d2: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y (B, L, H) = the mixer core between in_proj and out_proj; see the module docstring. z (B, L, 3H); u (B, L, H)
     with unit channel stride, or None (no residual long conv); conv_w (3H, 1, 3); conv_b (3H,); k1f, k1r, d1
-    (filter 1, k1r None when causal); k2f, k2r, d2 (filter 2, with u); keep (B, L) or None."""
+    (filter 1, k1r None when causal); k2f, k2r, d2 (filter 2, with u); keep (B, L), broadcastable to it, or None.
+    y is in z's dtype (bf16 under autocast, what out_proj takes), where the PyTorch path promotes to u's fp32."""
     if u is None:
         k2f = k2r = d2 = None
+    elif u.stride(-1) != 1:
+        raise ValueError(f"fused_m2_mixer: u needs a unit channel stride, got strides {tuple(u.stride())}")
+    # The kernels index every per-channel vector and the mask densely, and z (saved for backward) token-major.
+    z, conv_b, d1 = z.contiguous(), conv_b.contiguous(), d1.contiguous()
+    d2 = None if d2 is None else d2.contiguous()
+    if keep is not None:
+        keep = keep.expand(z.shape[0], z.shape[1]).contiguous()
     return _mixer_core_op(z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep)[0]
+
+
+def supports(z: torch.Tensor, conv_w: torch.Tensor) -> bool:
+    """Shapes and dtypes the kernels take: the 3-tap conv, fp32/bf16/fp16, and 32-bit offsets within a sequence
+    (L * 3H < 2^31) and grid (2L / 64 token tiles < 65536); anything else takes the PyTorch path."""
+    B, L, H3 = z.shape
+    return (conv_w.shape[-1] == SHORT_CONV_SIZE and z.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and L * max(H3, fft_size(L)) < 2**31 and fft_size(L) // 64 < 65535)

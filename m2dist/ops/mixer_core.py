@@ -2,7 +2,8 @@
 
 Token-major in and out, as the projections produce and consume it: z (B, L, 3H) = in_proj output (x1 | x2 | v),
 u (B, L, H) the residual long conv's input or None, returns y (B, L, H). On GPU ``dispatch.mixer_core`` runs the
-whole thing as four fused Triton passes around cuFFT (``m2dist/kernels/m2_mixer.py``, tested against this body).
+whole thing as fused Triton passes around cuFFT (``m2dist/kernels/m2_mixer.py``, tested against this body); that
+path returns z's dtype (bf16 under autocast) where this one promotes to the residual input's dtype.
 """
 
 from __future__ import annotations

@@ -119,3 +119,39 @@ def test_dispatch_leaves_cpu_and_odd_short_convs_alone(monkeypatch):
 def test_fused_mixer_on_gpu(bidir):
     _check(B=2, L=1024, H=96, dtype=torch.bfloat16, bidir=bidir, residual=True, masked=False, device="cuda")
     _check(B=3, L=300, H=40, dtype=torch.float32, bidir=bidir, residual=True, masked=True, device="cuda")
+
+
+def test_fused_mixer_takes_any_layout():
+    """Inputs as callers may pass them: z a transposed view, u a channel slice of a wider tensor (tensor
+    parallelism), a (1, L) mask broadcast over the batch, per-channel vectors with a stride."""
+    g = torch.Generator().manual_seed(3)
+    B, L, H = 2, 19, 5
+    z = torch.randn(B, 3 * H, L, generator=g).transpose(1, 2).requires_grad_()
+    u_full = torch.randn(B, L, 2 * H, generator=g).requires_grad_()
+    conv_w = (torch.randn(3 * H, 1, 3, generator=g) * 0.5).requires_grad_()
+    conv_b = torch.randn(3 * H, 2, generator=g)[:, 0].requires_grad_()
+    d1 = torch.randn(H, 3, generator=g)[:, 1].requires_grad_()
+    k1f, k1r, k2f, d2 = (torch.randn(H, L, generator=g) / L**0.5 for _ in range(4))
+    d2 = d2[:, 0].clone()
+    keep = torch.ones(1, L)
+    keep[0, -4:] = 0
+    y = fused_m2_mixer(z, u_full[..., H:], conv_w, conv_b, k1f, k1r, d1, k2f, None, d2, keep)
+    gy = torch.randn(y.shape, generator=g)
+    (y * gy).sum().backward()
+    leaves = (z, u_full, conv_w, conv_b, d1)
+    ref = [t.detach().double().requires_grad_() for t in leaves]
+    rz, ru, rw, rb, rd1 = ref
+    yr = naive_mixer_core(rz, ru[..., H:], rw, rb, (k1f.double(), k1r.double(), rd1), (k2f.double(), None, d2.double()),
+                          keep.double().expand(B, L))
+    (yr * gy.double()).sum().backward()
+    assert rel_err(y, yr) < 2e-5
+    for a, r in zip(leaves, ref):
+        assert rel_err(a.grad, r.grad) < 2e-5, tuple(a.shape)
+
+
+def test_dispatch_keeps_float64_on_the_exact_path(monkeypatch):
+    monkeypatch.setattr(dispatch, "_on_gpu", lambda t: True)
+    z = torch.randn(1, 8, 6, dtype=torch.float64)
+    filt = (torch.randn(2, 8), None, torch.randn(2))
+    assert dispatch.mixer_core(z, None, torch.randn(6, 1, 3), torch.randn(6), filt, None, None) is None
+    assert dispatch.gelu_glu(torch.randn(3, 8, dtype=torch.float64)) is None
