@@ -67,7 +67,7 @@ def mixer_core(z: torch.Tensor, u: Optional[torch.Tensor], conv_weight: torch.Te
         return None
     from m2dist.kernels.m2_mixer import fused_m2_mixer, supports
 
-    if not supports(z, conv_weight) or conv_bias is None or (u is not None and (u.stride(-1) != 1
+    if not supports(z, u, conv_weight) or conv_bias is None or (u is not None and (u.stride(-1) != 1
                                                                                  or u.dtype == torch.float64)):
         return None
     k2f, k2r, d2 = residual_filt if residual_filt is not None else (None, None, None)

@@ -428,9 +428,11 @@ def fused_m2_mixer(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
     return _mixer_core_op(z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep)[0]
 
 
-def supports(z: torch.Tensor, conv_w: torch.Tensor) -> bool:
-    """Shapes and dtypes the kernels take: the 3-tap conv, fp32/bf16/fp16, and 32-bit offsets within a sequence
-    (L * 3H < 2^31) and grid (2L / 64 token tiles < 65536); anything else takes the PyTorch path."""
+def supports(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Tensor) -> bool:
+    """Shapes and dtypes the kernels take: the 3-tap conv, fp32/bf16/fp16, offsets within one sequence that fit in
+    32 bits (L x 3H of z, L x u's token stride, H x n of the padded channel-major buffers; batch offsets are 64-bit)
+    and fewer than 65536 token tiles in the grid; anything else takes the PyTorch path."""
     B, L, H3 = z.shape
+    n = fft_size(L)
     return (conv_w.shape[-1] == SHORT_CONV_SIZE and z.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and L * max(H3, fft_size(L)) < 2**31 and fft_size(L) // 64 < 65535)
+            and max(L * H3, (H3 // 3) * n, 0 if u is None else L * u.stride(1)) < 2**31 and n // 16 < 65535)
