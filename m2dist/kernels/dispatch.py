@@ -60,15 +60,13 @@ def long_conv(u: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor
 
 def mixer_core(z: torch.Tensor, u: Optional[torch.Tensor], conv_weight: torch.Tensor, conv_bias: torch.Tensor,
                filt, residual_filt, keep: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """The fused mixer core (``m2dist.kernels.m2_mixer``) for CUDA tensors, else None. It covers the 3-tap short
-    conv with bias, a residual input with unit channel stride, and fp32/bf16/fp16 (float64 stays on the exact
-    PyTorch path)."""
+    """The fused mixer core (``m2dist.kernels.m2_mixer``) for CUDA tensors and what ``m2_mixer.supports`` covers,
+    else None."""
     if not _fused_on(z):
         return None
     from m2dist.kernels.m2_mixer import fused_m2_mixer, supports
 
-    if not supports(z, u, conv_weight) or conv_bias is None or (u is not None and (u.stride(-1) != 1
-                                                                                 or u.dtype == torch.float64)):
+    if conv_bias is None or not supports(z, u, conv_weight):
         return None
     k2f, k2r, d2 = residual_filt if residual_filt is not None else (None, None, None)
     return fused_m2_mixer(z, u, conv_weight, conv_bias, *filt, k2f, k2r, d2, keep)

@@ -101,6 +101,12 @@ def _kernel_spectrum(k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor], n: int)
     return torch.fft.rfft(build_kappa(k_fwd.float(), None if k_rev is None else k_rev.float(), n), n=n)
 
 
+def split_kappa(kappa: torch.Tensor, length: int, with_rev: bool):
+    """The inverse of `build_kappa`: (k_fwd, k_rev or None), each (H, length), of a length-n kernel (or its gradient)."""
+    n = kappa.shape[-1]
+    return kappa[:, :length], (kappa[:, n - length:].flip(-1) if with_rev else None)
+
+
 def filter_grads(u: torch.Tensor, G: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor], n: int,
                  need_fwd: bool, need_rev: bool):
     """(dk_fwd, dk_rev) from dkappa = irfft(sum_b G * conj(rfft(u))), with G = rfft(dy, n). Shared by every
@@ -111,9 +117,8 @@ def filter_grads(u: torch.Tensor, G: torch.Tensor, k_fwd: torch.Tensor, k_rev: O
     U = torch.fft.rfft(u.float(), n=n)
     gkappa = torch.fft.irfft(U.conj_physical_().mul_(G).sum(0), n=n)  # (H, n)
     del U
-    gkf = gkappa[:, :L].to(k_fwd.dtype) if need_fwd else None
-    gkr = gkappa[:, n - L:].flip(-1).to(k_rev.dtype) if need_rev and k_rev is not None else None
-    return gkf, gkr
+    gkf, gkr = split_kappa(gkappa, L, need_rev and k_rev is not None)
+    return (gkf.to(k_fwd.dtype) if need_fwd else None), (None if gkr is None else gkr.to(k_rev.dtype))
 
 
 class FFTLongConv(torch.autograd.Function):

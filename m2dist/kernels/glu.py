@@ -1,4 +1,4 @@
-"""GELU-gated linear unit ``a = gelu(g[..., :I]) * g[..., I:]`` in one pass each way (one autograd.Function).
+"""GELU-gated linear unit ``a = gelu(g[..., :I]) * g[..., I:]`` in one pass each way (custom ops with autograd).
 
 Why: in eager PyTorch the GLU between the Monarch MLP's two block-diagonal layers is a split, a GELU and a
 product forward and four kernels plus a concatenation backward, each a full pass over (tokens, I) or (tokens, 2I)

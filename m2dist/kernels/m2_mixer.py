@@ -1,4 +1,4 @@
-"""The M2 sequence mixer's core in four Triton passes around cuFFT, forward and backward (one autograd.Function).
+"""The M2 sequence mixer's core in Triton passes around cuFFT, forward and backward (custom ops with autograd).
 
 Computes, from the in-projection's output z (B, L, 3H) = x1 | x2 | v and the mixer input u (B, L, H), both
 token-major as the GEMMs produce and consume them, exactly what ``M2SequenceMixer`` computes between its two
@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 
 from m2dist.kernels._triton import HAVE_TRITON, interpreting, tl, triton
-from m2dist.kernels.fft_conv import build_kappa, fft_size
+from m2dist.kernels.fft_conv import build_kappa, fft_size, split_kappa
 
 SHORT_CONV_SIZE = 3
 
@@ -262,7 +262,7 @@ def _spectral_backward(GF: torch.Tensor, F: torch.Tensor, K: torch.Tensor) -> to
     """Returns sum_b GF * conj(F) (S, H, nf) and turns GF into GF * conj(K) in place, in one pass."""
     S, B, H, nf = GF.shape
     dK = torch.empty(S, H, nf, device=GF.device, dtype=GF.dtype)
-    K = K.expand(S, 1, H, nf).contiguous()
+    K = K.contiguous()  # (S, 1, H, nf): one spectrum per (slot, channel), shared over the batch
     bf = 64 if interpreting() else 512
     _spectral_bwd[(S * H, triton.cdiv(nf, bf))](torch.view_as_real(GF), torch.view_as_real(F), torch.view_as_real(K),
                                                 torch.view_as_real(dK), B, H, nf, BF=bf, num_warps=4)
@@ -391,10 +391,11 @@ def _backward(ctx, dy, _dg1, _dF, _dK):
     z, u, keep, conv_w, conv_b, d1, d2, g1, F, K = ctx.saved_tensors
     bidir1, k1_dtype, bidir2, k2_dtype = ctx.meta
     dz, du, dconv_w, dconv_b, dkappa, dD = _mixer_core_backward_op(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, F, K)
-    L, n = z.shape[1], dkappa.shape[-1]
+    L = z.shape[1]
 
     def filter_grads(s, bidir, dtype):
-        return dkappa[s, :, :L].to(dtype), (dkappa[s, :, n - L:].flip(-1).to(dtype) if bidir else None)
+        kf, kr = split_kappa(dkappa[s], L, bidir)
+        return kf.to(dtype), (None if kr is None else kr.to(dtype))
 
     dk1f, dk1r = filter_grads(0, bidir1, k1_dtype)
     dk2f = dk2r = dd2 = None
@@ -431,8 +432,13 @@ def fused_m2_mixer(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
 def supports(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Tensor) -> bool:
     """Shapes and dtypes the kernels take: the 3-tap conv, fp32/bf16/fp16, offsets within one sequence that fit in
     32 bits (L x 3H of z, L x u's token stride, H x n of the padded channel-major buffers; batch offsets are 64-bit)
-    and fewer than 65536 token tiles in the grid; anything else takes the PyTorch path."""
+    and fewer than 65536 token tiles in the grid; a residual input with unit channel stride and no float64 (which
+    stays on the exact PyTorch path). Anything else takes the PyTorch path."""
     B, L, H3 = z.shape
     n = fft_size(L)
-    return (conv_w.shape[-1] == SHORT_CONV_SIZE and z.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and max(L * H3, (H3 // 3) * n, 0 if u is None else L * u.stride(1)) < 2**31 and n // 16 < 65535)
+    floats = (torch.float32, torch.bfloat16, torch.float16)
+    if u is not None and (u.stride(-1) != 1 or u.dtype not in floats):
+        return False
+    return (conv_w.shape[-1] == SHORT_CONV_SIZE and z.dtype in floats
+            and max(L * H3, (H3 // 3) * n, 0 if u is None else L * u.stride(1)) < 2**31
+            and triton.cdiv(n, _blocks(H3 // 3)[0]) < 65536)
