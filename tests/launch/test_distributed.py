@@ -49,11 +49,13 @@ def test_first_slurm_host(nodelist, first):
 
 SCRIPT = """
 import torch, torch.distributed as dist
-from launch.distributed import init_distributed
+from launch.distributed import destroy_distributed, init_distributed
 info = init_distributed()
 t = torch.tensor([info.rank + 1.0])
 dist.all_reduce(t)
-print(info.launcher, info.rank, info.world_size, info.backend, float(t))
+print(info.launcher, info.rank, info.world_size, info.backend, float(t), flush=True)
+# Without a teardown gloo's threads can outlive the interpreter and abort it at exit (seen once in CI).
+destroy_distributed()
 """
 
 
