@@ -74,16 +74,17 @@ def _crop_skip(y: torch.Tensor, v: torch.Tensor, skip: Optional[torch.Tensor], o
 
 
 def fft_size(L: int) -> int:
-    """Smallest n >= 2L whose prime factors are 2, 3, 5 (cuFFT's fast radices)."""
-    n = 2 * L
+    """Smallest even n >= 2L whose prime factors are 2, 3, 5 (cuFFT's fast radices). Even, so that a real FFT of
+    size n can run as a complex FFT of size n/2 (``m2dist.kernels.m2_mixer``)."""
+    half = L
     while True:
-        m = n
+        m = half
         for p in (2, 3, 5):
             while m % p == 0:
                 m //= p
         if m == 1:
-            return n
-        n += 1
+            return 2 * half
+        half += 1
 
 
 def build_kappa(k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor], n: int) -> torch.Tensor:

@@ -17,16 +17,18 @@ token-major tensors, and the profile of a 12-layer M2-BERT step (benchmarks/NOTE
 transposes and the zero padding are fused into one pass before and one pass after cuFFT, in each direction:
 
   forward   A: z, u -> X (S, B, H, n) fp32, channel-major, zero-padded to n      (S = 2 with the residual conv)
-            cuFFT: F = rfft(X); C = irfft(F * K)                                  (K: the two filters' spectra)
+            cuFFT: P = fft(X as n/2 complex pairs); one Triton pass: Q = pack(unpack(P) * K); C = ifft(Q)
+                   (K: the two filters' spectra; every real FFT of size n runs as a complex one of size n/2)
             B: C, z, u -> y (B, L, H), and g1 (saved for backward)
   backward  C: dy, z, g1 -> Gin (S, B, H, n) = [dy * x2, dy], dD1, dD2 partial sums
-            cuFFT: GF = rfft(Gin); one Triton pass: dK = sum_b GF * conj(F), GF *= conj(K); dk = irfft(dK);
-                   dX = irfft(GF)
+            cuFFT: GP = fft(Gin as pairs); one Triton pass: dK = sum_b GX * conj(X), GP = pack(GX * conj(K)) with
+                   GX, X unpacked from GP, P; dk = irfft(dK);
+                   dX = ifft(GP)
             D: dX, dy, g1, z -> gz (B, L, 3H), the gradient at the short conv's outputs;
             E: gz, z -> dz (B, L, 3H) through the short conv's transpose, the conv weight/bias gradients
                (accumulated in registers over a run of token tiles), and du
 
-The FFT spectrum F of the forward is saved (not recomputed) for the filter gradient. Everything inside is fp32;
+The half-size spectrum P of the forward is saved (not recomputed) for the filter gradient. Everything inside is fp32;
 z, u and dy may be bf16 (they are under autocast). Only the 3-tap short conv is fused (the paper's and every
 preset's size); other sizes take the PyTorch path (``dispatch.m2_mixer`` decides).
 """
@@ -222,33 +224,133 @@ if HAVE_TRITON:
         tl.store(part_ptr + row + 2 * H3 + c, tl.sum(acc2, axis=0), mask=cm)
         tl.store(part_ptr + row + 3 * H3 + c, tl.sum(accb, axis=0), mask=cm)
 
+    # Real FFTs of size n run as complex FFTs of size N2 = n/2 over the pairs (x[2m], x[2m+1]): the channel-major
+    # buffers are already laid out that way (time innermost), and a complex inverse FFT, unlike a real one, does
+    # not clone its input (cuFFT's c2r overwrites it). The spectral passes below (un)pack the half-size spectra for
+    # each frequency pair (k, N2 - k), k = 0..N2//2, both of which one pair's math needs.
+
     @triton.jit
-    def _spectral_bwd(gf_ptr, f_ptr, k_ptr, dk_ptr, B, H, nf, BF: tl.constexpr):
-        """For one (slot s, channel h) and BF frequencies: dK[s, h, f] = sum_b GF[s, b, h, f] * conj(F[s, b, h, f])
-        (the filter's gradient spectrum), and GF *= conj(K[s, h, f]) in place (the input gradient's spectrum).
-        Complex tensors are read as interleaved (re, im) fp32 pairs."""
+    def _cmul(ar, ai, br, bi):
+        return ar * br - ai * bi, ar * bi + ai * br
+
+    @triton.jit
+    def _twiddle(k, n):
+        """cos and sin of 2*pi*k/n."""
+        theta = k.to(tl.float32) * (6.283185307179586 / n)
+        return tl.cos(theta), tl.sin(theta)
+
+    @triton.jit
+    def _unpack(ar, ai, cr, ci, cs, sn):
+        """The real FFT X[k], X[N2-k] of x from the half-size complex FFT P of (x[2m] + i x[2m+1]), given
+        a = P[k], c = P[(N2-k) % N2]: X[k] = E + W^k O and X[N2-k] = conj(E - W^k O), with E = (a + conj c)/2,
+        O = (a - conj c)/(2i) and W^k = cs - i sn."""
+        er = (ar + cr) * 0.5
+        ei = (ai - ci) * 0.5
+        o_r = (ai + ci) * 0.5
+        o_i = (cr - ar) * 0.5
+        tr = cs * o_r + sn * o_i
+        ti = cs * o_i - sn * o_r
+        return er + tr, ei + ti, er - tr, ti - ei
+
+    @triton.jit
+    def _pack(ykr, yki, yjr, yji, k, cs, sn):
+        """The half-size spectrum Q whose unnormalised inverse complex FFT is y[2m] + i y[2m+1], for the Hermitian
+        spectrum Y of a real y given at k and N2-k: Q[k] = A + i w D and Q[N2-k] = conj(A) + i conj(w D), with
+        A = Y[k] + conj Y[N2-k], D = Y[k] - conj Y[N2-k] and w = cs + i sn. The imaginary parts at DC and at
+        N2 (the pair of k = 0) are dropped, as a real inverse FFT drops them."""
+        yki = tl.where(k == 0, 0.0, yki)
+        yji = tl.where(k == 0, 0.0, yji)
+        a_r = ykr + yjr
+        a_i = yki - yji
+        mr, mi = _cmul(cs, sn, ykr - yjr, yki + yji)
+        return a_r - mi, a_i + mr, a_r + mi, mr - a_i
+
+    @triton.jit
+    def _pairs(n, BF: tl.constexpr):
+        """This program's frequencies k, their partners j = N2 - k and the partners' index in a half-size spectrum
+        (N2 wraps to 0), which of them exist, and which partners get their own store (k > 0, j != k)."""
+        N2 = n // 2
+        k = tl.program_id(1) * BF + tl.arange(0, BF)
+        ok = k <= N2 // 2
+        j = N2 - k
+        jm = tl.where(k == 0, 0, j)
+        return k, j, jm, ok, ok & (k > 0) & (j != k)
+
+    @triton.jit
+    def _spectral_fwd(p_ptr, k_ptr, q_ptr, B, H, n, BF: tl.constexpr):
+        """For one (slot s, channel h) and BF frequency pairs, over the batch: Q = pack(unpack(P) * K), the
+        half-size spectrum of the circular convolution. P and Q (S, B, H, N2), K (S, 1, H, N2 + 1)."""
         sh = tl.program_id(0).to(tl.int64)
         s = sh // H
         h = sh % H
-        f = tl.program_id(1) * BF + tl.arange(0, BF)
-        ok = f < nf
-        kp = k_ptr + (sh * nf + f) * 2
-        kr = tl.load(kp, mask=ok, other=0.0)
-        ki = tl.load(kp + 1, mask=ok, other=0.0)
-        acc_r = tl.zeros([BF], dtype=tl.float32)
-        acc_i = tl.zeros([BF], dtype=tl.float32)
+        N2 = n // 2
+        k, j, jm, ok, ok_j = _pairs(n, BF)
+        cs, sn = _twiddle(k, n)
+        kp = k_ptr + sh * (N2 + 1) * 2
+        kkr = tl.load(kp + 2 * k, mask=ok, other=0.0)
+        kki = tl.load(kp + 2 * k + 1, mask=ok, other=0.0)
+        kjr = tl.load(kp + 2 * j, mask=ok, other=0.0)
+        kji = tl.load(kp + 2 * j + 1, mask=ok, other=0.0)
         for b in range(B):
-            off = (((s * B + b) * H + h) * nf + f) * 2
-            gr = tl.load(gf_ptr + off, mask=ok, other=0.0)
-            gi = tl.load(gf_ptr + off + 1, mask=ok, other=0.0)
-            fr = tl.load(f_ptr + off, mask=ok, other=0.0)
-            fi = tl.load(f_ptr + off + 1, mask=ok, other=0.0)
-            acc_r += gr * fr + gi * fi
-            acc_i += gi * fr - gr * fi
-            tl.store(gf_ptr + off, gr * kr + gi * ki, mask=ok)
-            tl.store(gf_ptr + off + 1, gi * kr - gr * ki, mask=ok)
-        tl.store(dk_ptr + (sh * nf + f) * 2, acc_r, mask=ok)
-        tl.store(dk_ptr + (sh * nf + f) * 2 + 1, acc_i, mask=ok)
+            row = ((s * B + b) * H + h) * N2 * 2
+            xkr, xki, xjr, xji = _unpack(tl.load(p_ptr + row + 2 * k, mask=ok, other=0.0),
+                                         tl.load(p_ptr + row + 2 * k + 1, mask=ok, other=0.0),
+                                         tl.load(p_ptr + row + 2 * jm, mask=ok, other=0.0),
+                                         tl.load(p_ptr + row + 2 * jm + 1, mask=ok, other=0.0), cs, sn)
+            ykr, yki = _cmul(xkr, xki, kkr, kki)
+            yjr, yji = _cmul(xjr, xji, kjr, kji)
+            qkr, qki, qjr, qji = _pack(ykr, yki, yjr, yji, k, cs, sn)
+            tl.store(q_ptr + row + 2 * k, qkr, mask=ok)
+            tl.store(q_ptr + row + 2 * k + 1, qki, mask=ok)
+            tl.store(q_ptr + row + 2 * j, qjr, mask=ok_j)
+            tl.store(q_ptr + row + 2 * j + 1, qji, mask=ok_j)
+
+    @triton.jit
+    def _spectral_bwd(gp_ptr, p_ptr, k_ptr, dk_ptr, B, H, n, BF: tl.constexpr):
+        """For one (slot s, channel h) and BF frequency pairs: with GX = unpack(GP) and X = unpack(P),
+        dK[s, h] = sum_b GX * conj(X) (S, H, N2 + 1: the filter's gradient spectrum), and GP = pack(GX * conj(K))
+        in place (the input gradient's half-size spectrum)."""
+        sh = tl.program_id(0).to(tl.int64)
+        s = sh // H
+        h = sh % H
+        N2 = n // 2
+        k, j, jm, ok, ok_j = _pairs(n, BF)
+        cs, sn = _twiddle(k, n)
+        kp = k_ptr + sh * (N2 + 1) * 2
+        kkr = tl.load(kp + 2 * k, mask=ok, other=0.0)
+        kki = tl.load(kp + 2 * k + 1, mask=ok, other=0.0)
+        kjr = tl.load(kp + 2 * j, mask=ok, other=0.0)
+        kji = tl.load(kp + 2 * j + 1, mask=ok, other=0.0)
+        dkr = tl.zeros([BF], dtype=tl.float32)
+        dki = tl.zeros([BF], dtype=tl.float32)
+        djr = tl.zeros([BF], dtype=tl.float32)
+        dji = tl.zeros([BF], dtype=tl.float32)
+        for b in range(B):
+            row = ((s * B + b) * H + h) * N2 * 2
+            gkr, gki, gjr, gji = _unpack(tl.load(gp_ptr + row + 2 * k, mask=ok, other=0.0),
+                                         tl.load(gp_ptr + row + 2 * k + 1, mask=ok, other=0.0),
+                                         tl.load(gp_ptr + row + 2 * jm, mask=ok, other=0.0),
+                                         tl.load(gp_ptr + row + 2 * jm + 1, mask=ok, other=0.0), cs, sn)
+            xkr, xki, xjr, xji = _unpack(tl.load(p_ptr + row + 2 * k, mask=ok, other=0.0),
+                                         tl.load(p_ptr + row + 2 * k + 1, mask=ok, other=0.0),
+                                         tl.load(p_ptr + row + 2 * jm, mask=ok, other=0.0),
+                                         tl.load(p_ptr + row + 2 * jm + 1, mask=ok, other=0.0), cs, sn)
+            dkr += gkr * xkr + gki * xki
+            dki += gki * xkr - gkr * xki
+            djr += gjr * xjr + gji * xji
+            dji += gji * xjr - gjr * xji
+            ykr, yki = _cmul(gkr, gki, kkr, -kki)
+            yjr, yji = _cmul(gjr, gji, kjr, -kji)
+            qkr, qki, qjr, qji = _pack(ykr, yki, yjr, yji, k, cs, sn)
+            tl.store(gp_ptr + row + 2 * k, qkr, mask=ok)
+            tl.store(gp_ptr + row + 2 * k + 1, qki, mask=ok)
+            tl.store(gp_ptr + row + 2 * j, qjr, mask=ok_j)
+            tl.store(gp_ptr + row + 2 * j + 1, qji, mask=ok_j)
+        # dK has all N2 + 1 frequencies: the pair of k = 0 stores the Nyquist one at j = N2.
+        tl.store(dk_ptr + sh * (N2 + 1) * 2 + 2 * k, dkr, mask=ok)
+        tl.store(dk_ptr + sh * (N2 + 1) * 2 + 2 * k + 1, dki, mask=ok)
+        tl.store(dk_ptr + sh * (N2 + 1) * 2 + 2 * j, djr, mask=ok & (j != k))
+        tl.store(dk_ptr + sh * (N2 + 1) * 2 + 2 * j + 1, dji, mask=ok & (j != k))
 
 
 def _blocks(H: int) -> tuple[int, int]:
@@ -258,14 +360,38 @@ def _blocks(H: int) -> tuple[int, int]:
     return 64, min(64, triton.next_power_of_2(H))
 
 
-def _spectral_backward(GF: torch.Tensor, F: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Returns sum_b GF * conj(F) (S, H, nf) and turns GF into GF * conj(K) in place, in one pass."""
-    S, B, H, nf = GF.shape
-    dK = torch.empty(S, H, nf, device=GF.device, dtype=GF.dtype)
-    K = K.contiguous()  # (S, 1, H, nf): one spectrum per (slot, channel), shared over the batch
-    bf = 64 if interpreting() else 512
-    _spectral_bwd[(S * H, triton.cdiv(nf, bf))](torch.view_as_real(GF), torch.view_as_real(F), torch.view_as_real(K),
-                                                torch.view_as_real(dK), B, H, nf, BF=bf, num_warps=4)
+def _pair_grid(S: int, H: int, n: int) -> tuple[tuple[int, int], int]:
+    bf = 64 if interpreting() else 256
+    return (S * H, triton.cdiv(n // 4 + 1, bf)), bf
+
+
+def _rfft(x: torch.Tensor) -> torch.Tensor:
+    """The half-size complex FFT (..., n/2) of a real x (..., n) read as pairs (x[2m], x[2m+1]); no copy."""
+    return torch.fft.fft(torch.view_as_complex(x.view(*x.shape[:-1], x.shape[-1] // 2, 2)))
+
+
+def _irfft(q: torch.Tensor) -> torch.Tensor:
+    """The real y (..., n) whose half-size spectrum (``_pack``) is q (..., n/2), unnormalised (the 1/n is in K)."""
+    return torch.view_as_real(torch.fft.ifft(q, norm="forward")).flatten(-2)
+
+
+def _spectral_forward(P: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Q = pack(unpack(P) * K), the half-size spectrum of the circular convolutions."""
+    S, B, H, N2 = P.shape
+    Q = torch.empty_like(P)
+    grid, bf = _pair_grid(S, H, 2 * N2)
+    _spectral_fwd[grid](torch.view_as_real(P), torch.view_as_real(K), torch.view_as_real(Q), B, H, 2 * N2, BF=bf,
+                        num_warps=4)
+    return Q
+
+
+def _spectral_backward(GP: torch.Tensor, P: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Returns dK = sum_b GX * conj(X) (S, H, N2 + 1) and turns GP into pack(GX * conj(K)) in place, in one pass."""
+    S, B, H, N2 = GP.shape
+    dK = torch.empty(S, H, N2 + 1, device=GP.device, dtype=GP.dtype)
+    grid, bf = _pair_grid(S, H, 2 * N2)
+    _spectral_bwd[grid](torch.view_as_real(GP), torch.view_as_real(P), torch.view_as_real(K), torch.view_as_real(dK),
+                        B, H, 2 * N2, BF=bf, num_warps=4)
     return dK
 
 
@@ -297,8 +423,8 @@ def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
                    k1f: torch.Tensor, k1r: Optional[torch.Tensor], d1: torch.Tensor, k2f: Optional[torch.Tensor],
                    k2r: Optional[torch.Tensor], d2: Optional[torch.Tensor], keep: Optional[torch.Tensor]
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns y (B, L, H) and what backward needs: g1 (B, L, H), the input spectrum F (S, B, H, n//2+1) and the
-    filters' spectrum K (S, 1, H, n//2+1)."""
+    """Returns y (B, L, H) and what backward needs: g1 (B, L, H), the inputs' half-size spectrum P (S, B, H, n//2)
+    and the filters' spectrum K (S, 1, H, n//2+1)."""
     z = z.contiguous()
     B, L, H3, H, has_res, S, n, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
     with torch.autocast(z.device.type, enabled=False):
@@ -308,31 +434,31 @@ def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
         grid = (B, triton.cdiv(n, BT), triton.cdiv(H, BH))
         _fwd_pre[grid](z, u_t, keep_t, cw, conv_b, X, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
                        X.stride(0), X.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
-        F = torch.fft.rfft(X)
+        P = _rfft(X)
         del X
-        C = torch.fft.irfft(F * K, n=n, norm="forward")
+        C = _irfft(_spectral_forward(P, K))
         y = torch.empty(B, L, H, device=z.device, dtype=z.dtype)
         g1 = torch.empty_like(y)
         grid = (B, triton.cdiv(L, BT), triton.cdiv(H, BH))
         _fwd_post[grid](C, z, u_t, keep_t, cw, conv_b, d1, d2 if has_res else d1, y, g1,
                         L, H, n, z.stride(0), z.stride(1), s_ub, s_ut, C.stride(0), C.stride(1),
                         HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
-    return y, g1, F, K
+    return y, g1, P, K
 
 
 @_mixer_core_op.register_fake
 def _(z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep):
     B, L, H3 = z.shape
-    S, nf = (2 if u is not None else 1), fft_size(L) // 2 + 1
+    S, N2 = (2 if u is not None else 1), fft_size(L) // 2
     y = z.new_empty(B, L, H3 // 3)
     spec = dict(device=z.device, dtype=torch.complex64)
-    return y, torch.empty_like(y), torch.empty(S, B, H3 // 3, nf, **spec), torch.empty(S, 1, H3 // 3, nf, **spec)
+    return y, torch.empty_like(y), torch.empty(S, B, H3 // 3, N2, **spec), torch.empty(S, 1, H3 // 3, N2 + 1, **spec)
 
 
 @torch.library.custom_op("m2dist::mixer_core_backward", mutates_args=())
 def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch.Tensor], keep: Optional[torch.Tensor],
                             conv_w: torch.Tensor, conv_b: torch.Tensor, d1: torch.Tensor, d2: Optional[torch.Tensor],
-                            g1: torch.Tensor, F: torch.Tensor, K: torch.Tensor) -> list[torch.Tensor]:
+                            g1: torch.Tensor, P: torch.Tensor, K: torch.Tensor) -> list[torch.Tensor]:
     """[dz, du, dconv_w, dconv_b, dkappa (S, H, n), dD (2, H)]; du is empty without the residual conv."""
     dy = dy.contiguous()
     B, L, H3, H, has_res, S, n, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
@@ -344,11 +470,11 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
             dy, z, u_t, keep_t, cw, conv_b, gin, part_d, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
             gin.stride(0), gin.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
         dD = part_d.sum(0)
-        GF = torch.fft.rfft(gin)
+        GP = _rfft(gin)
         del gin
-        dkappa = torch.fft.irfft(_spectral_backward(GF, F, K), n=n)  # (S, H, n): the filters' gradients
-        dX = torch.fft.irfft(GF, n=n, norm="forward")
-        del GF
+        dkappa = torch.fft.irfft(_spectral_backward(GP, P, K), n=n)  # (S, H, n): the filters' gradients
+        dX = _irfft(GP)
+        del GP
         dz = torch.empty_like(z)
         du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if has_res else z.new_empty(0)
         ntl = triton.cdiv(L, BT)
@@ -371,9 +497,9 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
 
 
 @_mixer_core_backward_op.register_fake
-def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, F, K):
+def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, P, K):
     B, L, H3 = z.shape
-    H, S, n = H3 // 3, F.shape[0], fft_size(L)
+    H, S, n = H3 // 3, P.shape[0], fft_size(L)
     du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if u is not None else z.new_empty(0)
     f32 = dict(device=z.device, dtype=torch.float32)
     return [torch.empty_like(z), du, torch.empty_like(conv_w), torch.empty_like(conv_b), torch.empty(S, H, n, **f32),
@@ -382,15 +508,15 @@ def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, F, K):
 
 def _setup_context(ctx, inputs, output):
     z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep = inputs
-    _, g1, F, K = output
-    ctx.save_for_backward(z, u, keep, conv_w, conv_b, d1, d2, g1, F, K)
+    _, g1, P, K = output
+    ctx.save_for_backward(z, u, keep, conv_w, conv_b, d1, d2, g1, P, K)
     ctx.meta = (k1r is not None, k1f.dtype, k2r is not None, None if k2f is None else k2f.dtype)
 
 
 def _backward(ctx, dy, _dg1, _dF, _dK):
-    z, u, keep, conv_w, conv_b, d1, d2, g1, F, K = ctx.saved_tensors
+    z, u, keep, conv_w, conv_b, d1, d2, g1, P, K = ctx.saved_tensors
     bidir1, k1_dtype, bidir2, k2_dtype = ctx.meta
-    dz, du, dconv_w, dconv_b, dkappa, dD = _mixer_core_backward_op(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, F, K)
+    dz, du, dconv_w, dconv_b, dkappa, dD = _mixer_core_backward_op(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, P, K)
     L = z.shape[1]
 
     def filter_grads(s, bidir, dtype):

@@ -62,7 +62,7 @@ def test_monarch_sizes():
 def test_fft_size_is_smooth_and_long_enough():
     for L in (1, 7, 13, 100, 1000, 2048, 1009):
         n = fft_size(L)
-        assert n >= 2 * L
+        assert n >= 2 * L and n % 2 == 0
         m = n
         for p in (2, 3, 5):
             while m % p == 0:

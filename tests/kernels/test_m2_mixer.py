@@ -65,7 +65,8 @@ def _check(B, L, H, dtype, bidir, residual, masked, device="cpu"):
 @pytest.mark.parametrize("bidir", [False, True], ids=["causal", "bidir"])
 @pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
 def test_fused_mixer_matches_naive(bidir, residual):
-    # H=20 is not a multiple of the interpreter's 16-channel tile; L=13 gives an odd FFT size (n=27)
+    # H=20 is not a multiple of the interpreter's 16-channel tile; L=13 gives n=30, an odd half size (15: no
+    # frequency pairs with itself); L=40 below gives an even one (n/4 does)
     _check(B=2, L=13, H=20, dtype=torch.float32, bidir=bidir, residual=residual, masked=False)
 
 
