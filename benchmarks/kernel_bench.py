@@ -10,7 +10,11 @@ the copy ceiling; also cuFFT's own rfft+irfft pair, the floor of any cuFFT-based
 Mixer core: the whole fused mixer core (short conv, gates, both long convs, skips; m2dist/kernels/m2_mixer.py)
 at 32768 tokens x 768 channels against the per-op-kernel and PyTorch paths of ``m2dist.ops.mixer_core``, as % of
 the copy ceiling counting the fewest bytes (z, u in, y out; backward dy, z, u in, dz, du out).
-Env: ``PARTS`` (blockdiag,long_conv,mixer), ``M2_REFERENCE_DIR`` adds the public reference's blockdiag_multiply and fftconv_ref; ``QUICK=1`` fewer shapes.
+Monarch: the order-2 Monarch layer (MonarchLinear) at BERT-base MLP shapes (768 -> 3072 and 3072 -> 768, nblocks 4,
+32768 tokens, bf16, with bias): the permutation-fused kernels (m2dist/kernels/monarch_matmul.py), the layer's einsum
+path and a dense GEMM of the same in/out size, forward and forward+backward, as ms and as TFLOP/s counting the Monarch
+FLOPs (the dense row also at its own FLOPs, the ceiling).
+Env: ``PARTS`` (blockdiag,long_conv,mixer,monarch), ``M2_REFERENCE_DIR`` adds the public reference's blockdiag_multiply and fftconv_ref; ``QUICK=1`` fewer shapes.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from common import ceilings, emit, env_info, kernels, save, timed  # noqa: E402
 from m2dist.kernels.block_diagonal import block_diagonal_matmul  # noqa: E402
 from m2dist.kernels.fft_conv import fft_long_conv  # noqa: E402
 from m2dist.kernels import monarch_fft_conv  # noqa: E402
+from m2dist.kernels.monarch_matmul import monarch_matmul  # noqa: E402
+from m2dist.monarch import MonarchLinear  # noqa: E402
 from m2dist.ops import long_conv  # noqa: E402
 
 QUICK = os.environ.get("QUICK") == "1"
@@ -243,14 +249,71 @@ def mixer_rows(ceil):
     return rows
 
 
+def monarch_rows():
+    """MonarchLinear three ways at the BERT-base MLP shapes; TFLOP/s count the Monarch FLOPs
+    2*M*(nb*r*p + nb*s*r) per forward (x3 for training), so the three paths compare by time."""
+    rows = []
+    M = 64 if SMOKE else 32768
+    cases = [(32, 64, 4), (64, 32, 4)] if SMOKE else [(768, 3072, 4), (3072, 768, 4)]
+    for d_in, d_out, nb in cases:
+        torch.manual_seed(0)
+        layer = MonarchLinear(d_in, d_out, nb).to(dev, bf16)
+        weights = (layer.weight1, layer.weight2, layer.bias)
+        x = torch.randn(M, d_in, device=dev, dtype=bf16, requires_grad=True)
+        dense = torch.nn.Linear(d_in, d_out, device=dev, dtype=bf16)
+        gy = torch.randn(M, d_out, device=dev, dtype=bf16)
+        flops = 2 * M * (layer.weight1.numel() + layer.weight2.numel())
+        dense_flops = 2 * M * d_in * d_out
+
+        kernel = lambda: monarch_matmul(x, *weights)  # noqa: E731
+        einsum = lambda: layer(x)  # noqa: E731  (the layer's own path when called under kernels(False))
+
+        def train(f):
+            def step():
+                for t in (x, *weights, *dense.parameters()):
+                    t.grad = None
+                f().backward(gy)
+            return step
+
+        with torch.no_grad():
+            y = kernel().float()
+            with kernels(False):
+                y_ref = einsum().float()
+            err = ((y - y_ref).norm() / y_ref.norm()).item()
+            t_ker = timed(kernel, reps=20)
+            with kernels(False):
+                t_ein = timed(einsum, reps=20)
+            t_dense = timed(lambda: dense(x), reps=20)
+        tt_ker = timed(train(kernel))
+        with kernels(False):
+            tt_ein = timed(train(einsum))
+        tt_dense = timed(train(lambda: dense(x)))
+        row = dict(micro=f"monarch_{M}x{d_in}->{d_out}_nb{nb}", kernel_rel_err_vs_einsum=float(f"{err:.2e}"),
+                   monarch_gflop_fwd=round(flops / 1e9, 1), dense_gflop_fwd=round(dense_flops / 1e9, 1))
+        for path, tf, tt in (("kernel", t_ker, tt_ker), ("einsum", t_ein, tt_ein), ("dense", t_dense, tt_dense)):
+            row.update({f"fwd_{path}_ms": round(tf * 1e3, 3), f"train_{path}_ms": round(tt * 1e3, 3),
+                        f"fwd_{path}_tflops": round(flops / tf / 1e12, 1),
+                        f"train_{path}_tflops": round(3 * flops / tt / 1e12, 1)})
+        row.update(fwd_dense_own_flops_tflops=round(dense_flops / t_dense / 1e12, 1),
+                   train_dense_own_flops_tflops=round(3 * dense_flops / tt_dense / 1e12, 1),
+                   fwd_kernel_speedup_vs_einsum=round(t_ein / t_ker, 2),
+                   train_kernel_speedup_vs_einsum=round(tt_ein / tt_ker, 2))
+        rows.append(emit(row))
+        del layer, weights, x, dense, gy
+        if not SMOKE:
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main():
     info = emit(env_info())
     ceil = emit(ceilings())
     ref_bd, ref_fft = _reference_ops()
-    parts = os.environ.get("PARTS", "blockdiag,long_conv,mixer").split(",")
+    parts = os.environ.get("PARTS", "blockdiag,long_conv,mixer,monarch").split(",")
     rows = (block_diagonal_rows(ceil, ref_bd) if "blockdiag" in parts else []) + \
         (long_conv_rows(ceil, ref_fft) if "long_conv" in parts else []) + \
-        (mixer_rows(ceil) if "mixer" in parts else [])
+        (mixer_rows(ceil) if "mixer" in parts else []) + \
+        (monarch_rows() if "monarch" in parts else [])
     save("kernel_bench.json", dict(info=info, ceilings=ceil, rows=rows,
                                    command="python3 benchmarks/kernel_bench.py"))
 

@@ -9,7 +9,8 @@ nblocks=4, residual long conv, filter order 128), 32768 tokens per step, bf16 au
 forward-only and forward+backward tokens/s (median of 10 after 3 warm-ups), peak memory.
 Env: LENS (default 512..16384), TOKENS (32768), COMPILE_LENS (lengths where the Transformer is also compiled,
 default 2048,16384; also where the M2 stack's per-op-kernel and PyTorch paths run), M2_COMPILE_LENS (where the fused M2
-stack is also compiled, default 2048,16384), MODELS (comma list of name prefixes to keep), REF_LENS (lengths for the public reference), RESULT_NAME, BUDGET_S (stop starting new rows after this many seconds).
+stack is also compiled, default 2048,16384), COMPILE_MODE (torch.compile's mode for every compiled row, e.g.
+reduce-overhead for CUDA graphs), MODELS (comma list of name prefixes to keep), REF_LENS (lengths for the public reference), RESULT_NAME, BUDGET_S (stop starting new rows after this many seconds).
 """
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ BUDGET_S = float(os.environ.get("BUDGET_S", 1e9))
 REF_DIR = os.environ.get("M2_REFERENCE_DIR")
 REF_LENS = {int(x) for x in os.environ.get("REF_LENS", ",".join(map(str, LENS))).split(",") if x}
 RESULT_NAME = os.environ.get("RESULT_NAME", "layer_bench.json")
+COMPILE_MODE = os.environ.get("COMPILE_MODE") or None  # e.g. reduce-overhead (CUDA graphs), for every compiled row
 
 
-ENV_KNOBS = ("LENS", "TOKENS", "COMPILE_LENS", "M2_COMPILE_LENS", "MODELS", "BUDGET_S", "REF_LENS", "M2_REFERENCE_DIR")
+ENV_KNOBS = ("LENS", "TOKENS", "COMPILE_LENS", "M2_COMPILE_LENS", "MODELS", "BUDGET_S", "REF_LENS", "M2_REFERENCE_DIR",
+             "COMPILE_MODE")
 
 
 def m2_layer(L: int, causal: bool) -> nn.Module:
@@ -80,7 +83,7 @@ def measure(make, L: int, path: str, compile_: bool) -> dict:
         m = nn.Sequential(*[make() for _ in range(NLAYERS)]).cuda()
         nparam = sum(p.numel() for p in m.parameters())
         if compile_:
-            m = torch.compile(m)
+            m = torch.compile(m, mode=COMPILE_MODE)
         x = torch.randn(B, L, D, device="cuda", requires_grad=True)
 
         def fwd():

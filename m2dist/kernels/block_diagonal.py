@@ -19,6 +19,10 @@ hands it a strided ``out`` with one unit-stride dimension without copying). Meas
 (benchmarks/NOTES.md): at p = 192 the Triton kernel is latency-bound per tile (30-34% of a dense GEMM of the same
 shape), cuBLAS reaches 50-63% in most cases but loses on the 3072->768 weight gradient; ``_launch`` therefore times
 both once per shape and layout and keeps the faster (``M2DIST_BLOCKDIAG=auto``, the default).
+
+The same kernel also takes operands with no unit stride inside the matrix (layout "none"): the permuted views of
+the order-2 Monarch product (m2dist/kernels/monarch_matmul.py), which cuBLAS cannot take, so those always run on
+Triton.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ if HAVE_TRITON:
         s_cs, s_cg, s_cm, s_cn,
         HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        A_K_UNIT: tl.constexpr, B_N_UNIT: tl.constexpr, C_N_UNIT: tl.constexpr,
+        A_UNIT: tl.constexpr, B_UNIT: tl.constexpr, C_UNIT: tl.constexpr, G_INNER: tl.constexpr,
         FLATTEN: tl.constexpr, CTAS: tl.constexpr,  # CTAS only sizes the grid (see _launch)
     ):
         """C[s, g] = A[g, :, ks] @ B[g, ks, :] (+ bias[g*N:(g+1)*N]) for the K-slice ks of split s.
@@ -50,8 +54,12 @@ if HAVE_TRITON:
         time in the prologue (first loads) and the epilogue (a 64 KB store) with nothing to overlap them with.
         With ``flatten`` the compiler pipelines the tile loop and the K loop as one, so the next tile's loads are
         in flight while this tile is stored.
-        The *_UNIT flags say which dimension of each operand has stride 1 (known at compile time, so loads and
-        stores along it are 16-byte vectors; a runtime stride of 1 would not be).
+        The *_UNIT flags say which tile dimension of each operand has stride 1 (A: "k" or "m", B: "n" or "k", C: "n"
+        or "m"; known at compile time, so loads and stores along it are 16-byte vectors, which a runtime stride of 1
+        would not be), or "none": both tile strides are runtime values. "none" is for the Monarch permutations, whose
+        views have the block index g as their unit-stride dimension; there ``G_INNER`` makes g the fastest-varying
+        tile index, so the G programs that share every 32-byte sector of such an operand run at the same time and
+        fetch it from HBM once (with g outermost, each sector would be fetched up to G times, 1/G of it used).
         """
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -62,10 +70,16 @@ if HAVE_TRITON:
         for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
             # Consecutive tiles share a block g (and a split); inside one block, GROUP_M consecutive M-tiles reuse
             # the same weight tiles while they sit in L2, so each weight block is read from HBM about once.
-            mat = tile // tiles_per_mat
-            t = tile % tiles_per_mat
-            g = (mat % G).to(tl.int64)
-            split = mat // G
+            # G_INNER puts g innermost instead (see above): the weights are then all read at once, and still fit L2.
+            if G_INNER:
+                g = (tile % G).to(tl.int64)
+                t = (tile // G) % tiles_per_mat
+                split = tile // (G * tiles_per_mat)
+            else:
+                mat = tile // tiles_per_mat
+                t = tile % tiles_per_mat
+                g = (mat % G).to(tl.int64)
+                split = mat // G
             num_pid_in_group = GROUP_M * num_pid_n
             first_pid_m = (t // num_pid_in_group) * GROUP_M
             group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
@@ -83,14 +97,18 @@ if HAVE_TRITON:
             for ki in range(k_tiles):
                 kk = k_start + ki * BLOCK_K + offs_k
                 k_ok = kk < k_end
-                if A_K_UNIT:
+                if A_UNIT == "k":
                     a_off = offs_m[:, None] * s_am + kk[None, :]
-                else:
+                elif A_UNIT == "m":
                     a_off = offs_m[:, None] + kk[None, :] * s_ak
-                if B_N_UNIT:
-                    b_off = kk[:, None] * s_bk + offs_n[None, :]
                 else:
+                    a_off = offs_m[:, None] * s_am + kk[None, :] * s_ak
+                if B_UNIT == "n":
+                    b_off = kk[:, None] * s_bk + offs_n[None, :]
+                elif B_UNIT == "k":
                     b_off = kk[:, None] + offs_n[None, :] * s_bn
+                else:
+                    b_off = kk[:, None] * s_bk + offs_n[None, :] * s_bn
                 a = tl.load(a_base + a_off, mask=(offs_m[:, None] < M) & k_ok[None, :], other=0.0)
                 b = tl.load(b_base + b_off, mask=k_ok[:, None] & (offs_n[None, :] < N), other=0.0)
                 if UPCAST:
@@ -101,10 +119,12 @@ if HAVE_TRITON:
             if HAS_BIAS:
                 bias = tl.load(bias_ptr + g * N + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
                 acc += bias[None, :]
-            if C_N_UNIT:
+            if C_UNIT == "n":
                 c_off = offs_m[:, None] * s_cm + offs_n[None, :]
-            else:
+            elif C_UNIT == "m":
                 c_off = offs_m[:, None] + offs_n[None, :] * s_cn
+            else:
+                c_off = offs_m[:, None] * s_cm + offs_n[None, :] * s_cn
             c_ptrs = c_ptr + split * s_cs + g * s_cg + c_off
             tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -123,7 +143,9 @@ if HAVE_TRITON:
     ]
     # M2DIST_TUNE_CONFIGS=n keeps only the first n configs (the GPU tests use this to save compile time).
     _tuned_kernel = triton.autotune(
-        _GPU_CONFIGS[: int(os.environ.get("M2DIST_TUNE_CONFIGS", len(_GPU_CONFIGS)))], key=["M", "N", "K", "K_PER_SPLIT", "G", "S", "s_am", "s_ak", "s_bk", "s_bn", "s_cm"]
+        _GPU_CONFIGS[: int(os.environ.get("M2DIST_TUNE_CONFIGS", len(_GPU_CONFIGS)))],
+        key=["M", "N", "K", "K_PER_SPLIT", "G", "S", "s_am", "s_ak", "s_bk", "s_bn", "s_cm",
+             "A_UNIT", "B_UNIT", "C_UNIT", "G_INNER"],
     )(_batched_matmul_kernel)
 
 
@@ -134,14 +156,28 @@ def _num_sms(device: torch.device) -> int:
 _CHOICE: dict = {}  # (shapes, strides, dtypes) -> "triton" | "cublas", filled by the first call under "auto"
 
 
+def _unit(t: torch.Tensor, row: str, col: str) -> str:
+    """Which tile dimension (the last two) of ``t`` has stride 1: ``col``, ``row``, or "none"."""
+    if t.stride(-1) == 1:
+        return col
+    return row if t.stride(-2) == 1 else "none"
+
+
+def _cublas_can_take(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> bool:
+    """cuBLAS needs a unit stride inside every matrix; given a view without one (the Monarch permutations), torch
+    would copy it, and for ``out`` copy the result back."""
+    return "none" not in (_unit(a, "m", "k"), _unit(b, "k", "n"), _unit(c, "m", "n"))
+
+
 def _launch(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor] = None) -> None:
-    """c[s, g] = a[g, :, slice_s] @ b[g, slice_s, :] (+ bias). a (G,M,K), b (G,K,N), c (S,G,M,N): any strides
-    with one unit-stride dimension per operand.
+    """c[s, g] = a[g, :, slice_s] @ b[g, slice_s, :] (+ bias[g*N:(g+1)*N], contiguous). a (G,M,K), b (G,K,N),
+    c (S,G,M,N): any strides.
 
     Backend, ``M2DIST_BLOCKDIAG=auto|triton|cublas`` (default auto): on a GPU, "auto" times both once per
-    (shape, layout) and keeps the faster; see benchmarks/NOTES.md for which wins where.
+    (shape, layout) and keeps the faster; see benchmarks/NOTES.md for which wins where. Operands without a unit
+    stride inside the matrix (``_cublas_can_take``) always take Triton.
     """
-    if not a.is_cuda:
+    if not a.is_cuda or not _cublas_can_take(a, b, c):
         return _launch_triton(a, b, c, bias)
     choice = os.environ.get("M2DIST_BLOCKDIAG", "auto")
     if choice == "auto":
@@ -183,12 +219,14 @@ def _launch_triton(a, b, c, bias) -> None:
     G, M, K = a.shape
     N = b.shape[2]
     S = c.shape[0]
-    k_per_split = K if S == 1 else triton.cdiv(triton.cdiv(K, S), 256) * 256
+    # Split boundaries on a multiple of every config's BLOCK_K; the interpreter's 16 makes its splits real (with 256,
+    # a test-sized K would put all of it in the first split) and skips the wasted masked steps.
+    k_align = 16 if interpreting() else 256
+    k_per_split = K if S == 1 else triton.cdiv(triton.cdiv(K, S), k_align) * k_align
     args = (a, b, c, bias if bias is not None else c, M, N, K, k_per_split, G, S,
             *a.stride(), *b.stride(), *c.stride())
-    units = dict(A_K_UNIT=a.stride(2) == 1, B_N_UNIT=b.stride(2) == 1, C_N_UNIT=c.stride(3) == 1)
-    assert (units["A_K_UNIT"] or a.stride(1) == 1) and (units["B_N_UNIT"] or b.stride(1) == 1) \
-        and (units["C_N_UNIT"] or c.stride(2) == 1), "every operand needs a unit-stride dimension"
+    units = dict(A_UNIT=_unit(a, "m", "k"), B_UNIT=_unit(b, "k", "n"), C_UNIT=_unit(c, "m", "n"))
+    units["G_INNER"] = G > 1 and "none" in units.values()
 
     def tiles(bm, bn):
         return triton.cdiv(M, bm) * triton.cdiv(N, bn) * G * S
@@ -217,19 +255,25 @@ def _apply(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> to
 
 
 def _weight_grad(gy: torch.Tensor, x: torch.Tensor, nb: int) -> torch.Tensor:
-    """dW (nb, q, p) = dy_g^T @ x_g, reduced over all M rows, split-K for parallelism; fp32 result."""
+    """dW (nb, q, p) = dy_g^T @ x_g, reduced over all M rows; fp32 result."""
     M = x.shape[0]
     q, p = gy.shape[1] // nb, x.shape[1] // nb
-    a = gy.view(M, nb, q).permute(1, 2, 0)  # (nb, q, M)
-    b = x.view(M, nb, p).transpose(0, 1)  # (nb, M, p)
+    return _row_reduction(gy.view(M, nb, q).permute(1, 2, 0), x.view(M, nb, p).transpose(0, 1))
+
+
+def _row_reduction(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (G, Q, M) @ b (G, M, P) -> fp32 (G, Q, P), any strides: the weight-gradient shape, a long reduction over
+    the M rows into a small output, split over M (split-K) for parallelism."""
+    G, q, M = a.shape
+    p = b.shape[2]
     if interpreting():
         splits = 2 if M >= 32 else 1  # exercise the split path in tests
     else:
         # about two waves of output tiles on the chip, each split at least 1024 rows long
-        tiles = nb * triton.cdiv(q, 128) * triton.cdiv(p, 128)
-        sms = _num_sms(x.device)
+        tiles = G * triton.cdiv(q, 128) * triton.cdiv(p, 128)
+        sms = _num_sms(a.device)
         splits = max(1, min(triton.cdiv(2 * sms, tiles), M // 1024, 32))
-    part = torch.empty(splits, nb, q, p, device=x.device, dtype=torch.float32)
+    part = torch.empty(splits, G, q, p, device=a.device, dtype=torch.float32)
     _launch(a, b, part)
     return part[0] if splits == 1 else part.sum(0)
 

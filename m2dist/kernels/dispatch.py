@@ -8,15 +8,18 @@ The reference modules call these first and use their own PyTorch path when they 
     # m2dist/monarch/ BlockDiagonalLinear.forward():
     y = dispatch.block_diagonal(x, self.weight, self.bias)
     if y is not None: return y
+    # m2dist/monarch/ MonarchLinear.forward(): both factors and both permutations
+    y = dispatch.monarch_linear(x, self.weight1, self.weight2, self.bias)
+    if y is not None: return y
     # m2dist/models/monarch_mlp.py, MonarchGLU.forward() (when dropout is off):
     a = dispatch.gelu_glu(g)
     # m2dist/ops/mixer_core.py, first line of mixer_core(): the whole mixer core fused (it supersedes long_conv's)
     y = dispatch.mixer_core(z, u, conv_weight, conv_bias, filt, residual_filt, keep)
 
 A kernel is used when the tensors are on a CUDA device, Triton imports, ``M2DIST_KERNELS`` is not ``0``, and the
-shape is one the kernel covers; everything else (CPU, odd shapes, fp32 block-diagonal outside autocast) returns
-None. ``M2DIST_FUSED=0`` switches the layer-level fusions (mixer core, GLU) off and keeps the per-op kernels
-(long conv, block-diagonal). ``M2DIST_LONGCONV=monarch`` opts into the Monarch-FFT long conv (not yet measured on a GPU; fft otherwise).
+shape is one the kernel covers; everything else (CPU, odd shapes, fp32 block-diagonal or Monarch outside autocast)
+returns None. ``M2DIST_FUSED=0`` switches the layer-level fusions (mixer core, GLU) off and keeps the per-op kernels
+(long conv, block-diagonal, Monarch). ``M2DIST_LONGCONV=monarch`` opts into the Monarch-FFT long conv (not yet measured on a GPU; fft otherwise).
 On CPU the kernels can still be called directly through the interpreter, which is how the tests run them.
 """
 from __future__ import annotations
@@ -81,24 +84,50 @@ def gelu_glu(g: torch.Tensor) -> Optional[torch.Tensor]:
     return fused(g)
 
 
+def _kernel_inputs(x: torch.Tensor, weights: tuple, bias: Optional[torch.Tensor]) -> Optional[tuple]:
+    """``(x, *weights, bias)`` in the dtype a matmul kernel runs in, or None where it should not run.
+
+    Follows autocast like the reference layers: inside an autocast region all are cast to the autocast dtype (the
+    casts stay in the autograd graph, so fp32 master weights get fp32 gradients). Outside autocast, only bf16/fp16
+    inputs with weights of the same dtype qualify: fp32 would run on tf32 tensor cores, less accurate than the
+    reference.
+    """
+    if torch.is_autocast_enabled("cuda"):
+        dt = torch.get_autocast_dtype("cuda")
+        return (x.to(dt), *(w.to(dt) for w in weights), None if bias is None else bias.to(dt))
+    if x.dtype not in (torch.bfloat16, torch.float16) or any(w.dtype != x.dtype for w in weights):
+        return None
+    return (x, *weights, bias)
+
+
 def block_diagonal(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """x (..., nb*p) -> (..., nb*q) with weight (nb, q, p), on the Triton kernel; None when not applicable.
-
-    Follows autocast like the reference layer: inside an autocast region x, weight and bias are cast to the autocast
-    dtype (the casts stay in the autograd graph, so fp32 master weights get fp32 gradients). Outside autocast, only
-    bf16/fp16 inputs take the kernel (fp32 would run on tf32 tensor cores, less accurate than the reference).
-    """
+    Dtypes and autocast: ``_kernel_inputs``."""
     if not _on_gpu(x):
         return None
     nb, q, p = weight.shape
     if x.shape[-1] != nb * p:  # padded layer (nb does not divide in_features): reference path
         return None
-    if torch.is_autocast_enabled("cuda"):
-        dt = torch.get_autocast_dtype("cuda")
-        x, weight = x.to(dt), weight.to(dt)
-        bias = None if bias is None else bias.to(dt)
-    elif x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+    args = _kernel_inputs(x, (weight,), bias)
+    if args is None:
         return None
     from m2dist.kernels.block_diagonal import block_diagonal_matmul
 
-    return block_diagonal_matmul(x, weight, bias)
+    return block_diagonal_matmul(*args)
+
+
+def monarch_linear(x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor,
+                   bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """``MonarchLinear`` on x (..., nb*p) with weight1 (nb, r, p), weight2 (nb, s, r), on the permutation-fused
+    kernels (``m2dist.kernels.monarch_matmul``); None when not applicable. Dtypes and autocast: ``_kernel_inputs``."""
+    if not _on_gpu(x):
+        return None
+    nb, r, p = weight1.shape
+    if x.shape[-1] != nb * p or weight2.shape[0] != nb or weight2.shape[2] != r:
+        return None
+    args = _kernel_inputs(x, (weight1, weight2), bias)
+    if args is None:
+        return None
+    from m2dist.kernels.monarch_matmul import monarch_matmul
+
+    return monarch_matmul(*args)

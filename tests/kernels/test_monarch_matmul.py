@@ -1,0 +1,128 @@
+"""The permutation-fused order-2 Monarch matmul against the layer's dense matrix (``MonarchLinear.to_dense``, built
+from explicit permutation matrices) in float64, through the Triton interpreter on CPU; on the GPU machine
+(`M2DIST_GPU_TESTS=1 ... -m gpu`) in bf16 against the layer's einsum path in fp32."""
+import pytest
+import torch
+
+from m2dist.kernels import dispatch
+from m2dist.kernels import monarch_matmul as mm
+from m2dist.monarch import MonarchLinear
+from tests.kernels._ref import rel_err
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+# (in, out, nblocks): square, in < out (weight1 square p x p), in > out (weight2 square s x s); ragged sizes, so
+# every tile edge is masked
+SHAPES = [(64, 64, 4), (24, 80, 4), (84, 30, 3)]
+
+
+def _weights(layer):
+    """weight1, weight2[, bias]: monarch_matmul's argument order (parameters() lists the bias first)."""
+    return [layer.weight1, layer.weight2] + ([layer.bias] if layer.bias is not None else [])
+
+
+def _dense_reference(layer, x, gy):
+    """Output and gradients (x, weight1, weight2[, bias]) of ``x @ to_dense().T + bias`` in float64."""
+    layer = layer.double()
+    xd = x.detach().double().requires_grad_()
+    params = [xd, *_weights(layer)]
+    y = xd @ layer.to_dense().T + (layer.bias if layer.bias is not None else 0)
+    return y, torch.autograd.grad(y, params, gy.double())
+
+
+def _check(shape, dtype, bias, lead=(2, 20)):
+    # lead (2, 20): 40 rows, past the interpreter's 32-row threshold for split-K weight gradients
+    n, m, nb = shape
+    torch.manual_seed(n * 7 + m)
+    layer = MonarchLinear(n, m, nb, bias=bias)
+    x = torch.randn(*lead, n)
+    gy = torch.randn(*lead, m)
+    y_ref, grads_ref = _dense_reference(layer, x, gy)
+
+    params = [t.detach().to(dtype).requires_grad_() for t in (x, *_weights(layer))]
+    y = mm.monarch_matmul(*params, *([] if bias else [None]))
+    y.backward(gy.to(dtype))
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    assert rel_err(y, y_ref) < TOL[dtype]
+    for p, g_ref in zip(params, grads_ref):
+        assert rel_err(p.grad, g_ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_dense_reference(shape, bias):
+    _check(shape, torch.float32, bias)
+
+
+def test_bf16_matches_dense_reference():
+    _check(SHAPES[2], torch.bfloat16, bias=True)
+
+
+def test_single_row_and_block():
+    _check((12, 20, 1), torch.float32, bias=True, lead=(1,))
+
+
+def test_layer_routes_through_dispatch(monkeypatch):
+    """With the device check forced on, a bf16 MonarchLinear runs the kernel (and gives the einsum path's output)."""
+    torch.manual_seed(0)
+    layer = MonarchLinear(24, 80, 4)
+    x = torch.randn(3, 5, 24)
+    ref = layer(x)
+    calls, real = [], mm.monarch_matmul
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(mm, "monarch_matmul", spy)
+    monkeypatch.setattr(dispatch, "_on_gpu", lambda t: True)
+    out = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert len(calls) == 1
+    assert rel_err(out, ref) < 1e-2
+
+
+def test_dispatch_declines_cpu_tensors():
+    layer = MonarchLinear(24, 80, 4).to(torch.bfloat16)
+    x = torch.randn(3, 24, dtype=torch.bfloat16)
+    assert dispatch.monarch_linear(x, layer.weight1, layer.weight2, layer.bias) is None
+
+
+def test_rejects_weights_that_do_not_chain():
+    with pytest.raises(ValueError, match="do not chain"):
+        mm.monarch_matmul(torch.randn(2, 16), torch.randn(4, 4, 4), torch.randn(4, 8, 3))
+
+
+def _gpu_check(shape, dtype=torch.bfloat16, rows=4000, tol=2e-2):
+    """The layer under autocast (dispatch -> kernels, fp32 master weights) against its einsum path in fp32."""
+    n, m, nb = shape
+    torch.manual_seed(0)
+    layer = MonarchLinear(n, m, nb).cuda()
+    x = torch.randn(2, rows // 2, n, device="cuda", requires_grad=True)
+    gy = torch.randn(2, rows // 2, m, device="cuda")
+    params = [x, *_weights(layer)]
+    with torch.autocast("cuda", enabled=False):
+        y_ref = layer(x)  # fp32 outside autocast: dispatch declines, the einsum path runs
+    grads_ref = torch.autograd.grad(y_ref, params, gy)
+    assert dispatch.monarch_linear(x.to(dtype), *(p.to(dtype) for p in _weights(layer))) is not None
+    with torch.autocast("cuda", dtype=dtype):
+        y = layer(x)
+    grads = torch.autograd.grad(y, params, gy)
+    assert y.dtype == dtype
+    assert rel_err(y, y_ref) < tol
+    for g, g_ref in zip(grads, grads_ref):
+        assert g.dtype == torch.float32 and rel_err(g, g_ref) < tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("shape", [(768, 3072, 4), (3072, 768, 4), (1024, 1024, 16), (96, 400, 4)])
+def test_gpu_bf16_matches_einsum(shape):
+    _gpu_check(shape)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton", "cublas", "auto"])
+def test_gpu_backends_and_fp16(backend, monkeypatch):
+    """The block-diagonal first factor on each backend; the permuted products always run on Triton."""
+    monkeypatch.setenv("M2DIST_BLOCKDIAG", backend)
+    _gpu_check((256, 512, 4), dtype=torch.float16, rows=2048)
