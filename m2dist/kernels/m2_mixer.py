@@ -34,6 +34,7 @@ preset's size); other sizes take the PyTorch path (``dispatch.m2_mixer`` decides
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -234,10 +235,10 @@ if HAVE_TRITON:
         return ar * br - ai * bi, ar * bi + ai * br
 
     @triton.jit
-    def _twiddle(k, n):
-        """cos and sin of 2*pi*k/n."""
-        theta = k.to(tl.float32) * (6.283185307179586 / n)
-        return tl.cos(theta), tl.sin(theta)
+    def _twiddle(tw_ptr, k, ok):
+        """cos and sin of 2*pi*k/n from the table ``_twiddles`` (tl.cos/tl.sin may lower to approximate hardware
+        instructions on a GPU)."""
+        return tl.load(tw_ptr + 2 * k, mask=ok, other=1.0), tl.load(tw_ptr + 2 * k + 1, mask=ok, other=0.0)
 
     @triton.jit
     def _unpack(ar, ai, cr, ci, cs, sn):
@@ -277,7 +278,7 @@ if HAVE_TRITON:
         return k, j, jm, ok, ok & (k > 0) & (j != k)
 
     @triton.jit
-    def _spectral_fwd(p_ptr, k_ptr, q_ptr, B, H, n, BF: tl.constexpr):
+    def _spectral_fwd(p_ptr, k_ptr, tw_ptr, q_ptr, B, H, n, BF: tl.constexpr):
         """For one (slot s, channel h) and BF frequency pairs, over the batch: Q = pack(unpack(P) * K), the
         half-size spectrum of the circular convolution. P and Q (S, B, H, N2), K (S, 1, H, N2 + 1)."""
         sh = tl.program_id(0).to(tl.int64)
@@ -285,7 +286,7 @@ if HAVE_TRITON:
         h = sh % H
         N2 = n // 2
         k, j, jm, ok, ok_j = _pairs(n, BF)
-        cs, sn = _twiddle(k, n)
+        cs, sn = _twiddle(tw_ptr, k, ok)
         kp = k_ptr + sh * (N2 + 1) * 2
         kkr = tl.load(kp + 2 * k, mask=ok, other=0.0)
         kki = tl.load(kp + 2 * k + 1, mask=ok, other=0.0)
@@ -306,7 +307,7 @@ if HAVE_TRITON:
             tl.store(q_ptr + row + 2 * j + 1, qji, mask=ok_j)
 
     @triton.jit
-    def _spectral_bwd(gp_ptr, p_ptr, k_ptr, dk_ptr, B, H, n, BF: tl.constexpr):
+    def _spectral_bwd(gp_ptr, p_ptr, k_ptr, tw_ptr, dk_ptr, B, H, n, BF: tl.constexpr):
         """For one (slot s, channel h) and BF frequency pairs: with GX = unpack(GP) and X = unpack(P),
         dK[s, h] = sum_b GX * conj(X) (S, H, N2 + 1: the filter's gradient spectrum), and GP = pack(GX * conj(K))
         in place (the input gradient's half-size spectrum)."""
@@ -315,7 +316,7 @@ if HAVE_TRITON:
         h = sh % H
         N2 = n // 2
         k, j, jm, ok, ok_j = _pairs(n, BF)
-        cs, sn = _twiddle(k, n)
+        cs, sn = _twiddle(tw_ptr, k, ok)
         kp = k_ptr + sh * (N2 + 1) * 2
         kkr = tl.load(kp + 2 * k, mask=ok, other=0.0)
         kki = tl.load(kp + 2 * k + 1, mask=ok, other=0.0)
@@ -375,13 +376,25 @@ def _irfft(q: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(torch.fft.ifft(q, norm="forward")).flatten(-2)
 
 
+_TWIDDLES: dict = {}
+
+
+def _twiddles(n: int, device: torch.device) -> torch.Tensor:
+    """(n//4 + 1, 2) fp32: cos and sin of 2*pi*k/n for k = 0..n//4, computed in float64 (cached per size)."""
+    key = (n, str(device))
+    if key not in _TWIDDLES:
+        theta = torch.arange(n // 4 + 1, dtype=torch.float64) * (2 * math.pi / n)
+        _TWIDDLES[key] = torch.stack([theta.cos(), theta.sin()], -1).float().to(device)
+    return _TWIDDLES[key]
+
+
 def _spectral_forward(P: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Q = pack(unpack(P) * K), the half-size spectrum of the circular convolutions."""
     S, B, H, N2 = P.shape
     Q = torch.empty_like(P)
     grid, bf = _pair_grid(S, H, 2 * N2)
-    _spectral_fwd[grid](torch.view_as_real(P), torch.view_as_real(K), torch.view_as_real(Q), B, H, 2 * N2, BF=bf,
-                        num_warps=4)
+    _spectral_fwd[grid](torch.view_as_real(P), torch.view_as_real(K), _twiddles(2 * N2, P.device),
+                        torch.view_as_real(Q), B, H, 2 * N2, BF=bf, num_warps=4)
     return Q
 
 
@@ -390,8 +403,8 @@ def _spectral_backward(GP: torch.Tensor, P: torch.Tensor, K: torch.Tensor) -> to
     S, B, H, N2 = GP.shape
     dK = torch.empty(S, H, N2 + 1, device=GP.device, dtype=GP.dtype)
     grid, bf = _pair_grid(S, H, 2 * N2)
-    _spectral_bwd[grid](torch.view_as_real(GP), torch.view_as_real(P), torch.view_as_real(K), torch.view_as_real(dK),
-                        B, H, 2 * N2, BF=bf, num_warps=4)
+    _spectral_bwd[grid](torch.view_as_real(GP), torch.view_as_real(P), torch.view_as_real(K),
+                        _twiddles(2 * N2, GP.device), torch.view_as_real(dK), B, H, 2 * N2, BF=bf, num_warps=4)
     return dK
 
 
