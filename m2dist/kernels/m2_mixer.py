@@ -267,91 +267,68 @@ if HAVE_TRITON:
         return a_r - mi, a_i + mr, a_r + mi, mr - a_i
 
     @triton.jit
-    def _pairs(n, BF: tl.constexpr):
-        """This program's frequencies k, their partners j = N2 - k and the partners' index in a half-size spectrum
-        (N2 wraps to 0), which of them exist, and which partners get their own store (k > 0, j != k)."""
+    def _pairs(k_ptr, tw_ptr, H, n, BF: tl.constexpr):
+        """This program's (slot, channel) row sh = (s, h), its frequencies k, their partners j = N2 - k and the
+        partners' index jm in a half-size spectrum (N2 wraps to 0), which of them exist (ok), which partners get a
+        store of their own (ok_j: k > 0, j != k), the twiddles of k and the filter spectrum K at k and j."""
+        sh = tl.program_id(0).to(tl.int64)
         N2 = n // 2
         k = tl.program_id(1) * BF + tl.arange(0, BF)
         ok = k <= N2 // 2
         j = N2 - k
         jm = tl.where(k == 0, 0, j)
-        return k, j, jm, ok, ok & (k > 0) & (j != k)
+        cs, sn = _twiddle(tw_ptr, k, ok)
+        kkr, kki, kjr, kji = _load_pair(k_ptr + sh * (N2 + 1) * 2, k, j, ok)
+        return sh // H, sh % H, k, j, jm, ok, ok & (k > 0) & (j != k), cs, sn, kkr, kki, kjr, kji
+
+    @triton.jit
+    def _load_pair(ptr, k, j, ok):
+        """Entries k and j of an interleaved complex row: (re k, im k, re j, im j)."""
+        return (tl.load(ptr + 2 * k, mask=ok, other=0.0), tl.load(ptr + 2 * k + 1, mask=ok, other=0.0),
+                tl.load(ptr + 2 * j, mask=ok, other=0.0), tl.load(ptr + 2 * j + 1, mask=ok, other=0.0))
+
+    @triton.jit
+    def _store_pair(ptr, k, j, ok, ok_j, qkr, qki, qjr, qji):
+        tl.store(ptr + 2 * k, qkr, mask=ok)
+        tl.store(ptr + 2 * k + 1, qki, mask=ok)
+        tl.store(ptr + 2 * j, qjr, mask=ok_j)
+        tl.store(ptr + 2 * j + 1, qji, mask=ok_j)
 
     @triton.jit
     def _spectral_fwd(p_ptr, k_ptr, tw_ptr, q_ptr, B, H, n, BF: tl.constexpr):
         """For one (slot s, channel h) and BF frequency pairs, over the batch: Q = pack(unpack(P) * K), the
         half-size spectrum of the circular convolution. P and Q (S, B, H, N2), K (S, 1, H, N2 + 1)."""
-        sh = tl.program_id(0).to(tl.int64)
-        s = sh // H
-        h = sh % H
-        N2 = n // 2
-        k, j, jm, ok, ok_j = _pairs(n, BF)
-        cs, sn = _twiddle(tw_ptr, k, ok)
-        kp = k_ptr + sh * (N2 + 1) * 2
-        kkr = tl.load(kp + 2 * k, mask=ok, other=0.0)
-        kki = tl.load(kp + 2 * k + 1, mask=ok, other=0.0)
-        kjr = tl.load(kp + 2 * j, mask=ok, other=0.0)
-        kji = tl.load(kp + 2 * j + 1, mask=ok, other=0.0)
+        s, h, k, j, jm, ok, ok_j, cs, sn, kkr, kki, kjr, kji = _pairs(k_ptr, tw_ptr, H, n, BF)
         for b in range(B):
-            row = ((s * B + b) * H + h) * N2 * 2
-            xkr, xki, xjr, xji = _unpack(tl.load(p_ptr + row + 2 * k, mask=ok, other=0.0),
-                                         tl.load(p_ptr + row + 2 * k + 1, mask=ok, other=0.0),
-                                         tl.load(p_ptr + row + 2 * jm, mask=ok, other=0.0),
-                                         tl.load(p_ptr + row + 2 * jm + 1, mask=ok, other=0.0), cs, sn)
+            row = ((s * B + b) * H + h) * n  # n floats = N2 interleaved complex values
+            xkr, xki, xjr, xji = _unpack(*_load_pair(p_ptr + row, k, jm, ok), cs, sn)
             ykr, yki = _cmul(xkr, xki, kkr, kki)
             yjr, yji = _cmul(xjr, xji, kjr, kji)
-            qkr, qki, qjr, qji = _pack(ykr, yki, yjr, yji, k, cs, sn)
-            tl.store(q_ptr + row + 2 * k, qkr, mask=ok)
-            tl.store(q_ptr + row + 2 * k + 1, qki, mask=ok)
-            tl.store(q_ptr + row + 2 * j, qjr, mask=ok_j)
-            tl.store(q_ptr + row + 2 * j + 1, qji, mask=ok_j)
+            _store_pair(q_ptr + row, k, j, ok, ok_j, *_pack(ykr, yki, yjr, yji, k, cs, sn))
 
     @triton.jit
     def _spectral_bwd(gp_ptr, p_ptr, k_ptr, tw_ptr, dk_ptr, B, H, n, BF: tl.constexpr):
         """For one (slot s, channel h) and BF frequency pairs: with GX = unpack(GP) and X = unpack(P),
         dK[s, h] = sum_b GX * conj(X) (S, H, N2 + 1: the filter's gradient spectrum), and GP = pack(GX * conj(K))
         in place (the input gradient's half-size spectrum)."""
-        sh = tl.program_id(0).to(tl.int64)
-        s = sh // H
-        h = sh % H
-        N2 = n // 2
-        k, j, jm, ok, ok_j = _pairs(n, BF)
-        cs, sn = _twiddle(tw_ptr, k, ok)
-        kp = k_ptr + sh * (N2 + 1) * 2
-        kkr = tl.load(kp + 2 * k, mask=ok, other=0.0)
-        kki = tl.load(kp + 2 * k + 1, mask=ok, other=0.0)
-        kjr = tl.load(kp + 2 * j, mask=ok, other=0.0)
-        kji = tl.load(kp + 2 * j + 1, mask=ok, other=0.0)
+        s, h, k, j, jm, ok, ok_j, cs, sn, kkr, kki, kjr, kji = _pairs(k_ptr, tw_ptr, H, n, BF)
         dkr = tl.zeros([BF], dtype=tl.float32)
         dki = tl.zeros([BF], dtype=tl.float32)
         djr = tl.zeros([BF], dtype=tl.float32)
         dji = tl.zeros([BF], dtype=tl.float32)
         for b in range(B):
-            row = ((s * B + b) * H + h) * N2 * 2
-            gkr, gki, gjr, gji = _unpack(tl.load(gp_ptr + row + 2 * k, mask=ok, other=0.0),
-                                         tl.load(gp_ptr + row + 2 * k + 1, mask=ok, other=0.0),
-                                         tl.load(gp_ptr + row + 2 * jm, mask=ok, other=0.0),
-                                         tl.load(gp_ptr + row + 2 * jm + 1, mask=ok, other=0.0), cs, sn)
-            xkr, xki, xjr, xji = _unpack(tl.load(p_ptr + row + 2 * k, mask=ok, other=0.0),
-                                         tl.load(p_ptr + row + 2 * k + 1, mask=ok, other=0.0),
-                                         tl.load(p_ptr + row + 2 * jm, mask=ok, other=0.0),
-                                         tl.load(p_ptr + row + 2 * jm + 1, mask=ok, other=0.0), cs, sn)
+            row = ((s * B + b) * H + h) * n
+            gkr, gki, gjr, gji = _unpack(*_load_pair(gp_ptr + row, k, jm, ok), cs, sn)
+            xkr, xki, xjr, xji = _unpack(*_load_pair(p_ptr + row, k, jm, ok), cs, sn)
             dkr += gkr * xkr + gki * xki
             dki += gki * xkr - gkr * xki
             djr += gjr * xjr + gji * xji
             dji += gji * xjr - gjr * xji
             ykr, yki = _cmul(gkr, gki, kkr, -kki)
             yjr, yji = _cmul(gjr, gji, kjr, -kji)
-            qkr, qki, qjr, qji = _pack(ykr, yki, yjr, yji, k, cs, sn)
-            tl.store(gp_ptr + row + 2 * k, qkr, mask=ok)
-            tl.store(gp_ptr + row + 2 * k + 1, qki, mask=ok)
-            tl.store(gp_ptr + row + 2 * j, qjr, mask=ok_j)
-            tl.store(gp_ptr + row + 2 * j + 1, qji, mask=ok_j)
+            _store_pair(gp_ptr + row, k, j, ok, ok_j, *_pack(ykr, yki, yjr, yji, k, cs, sn))
         # dK has all N2 + 1 frequencies: the pair of k = 0 stores the Nyquist one at j = N2.
-        tl.store(dk_ptr + sh * (N2 + 1) * 2 + 2 * k, dkr, mask=ok)
-        tl.store(dk_ptr + sh * (N2 + 1) * 2 + 2 * k + 1, dki, mask=ok)
-        tl.store(dk_ptr + sh * (N2 + 1) * 2 + 2 * j, djr, mask=ok & (j != k))
-        tl.store(dk_ptr + sh * (N2 + 1) * 2 + 2 * j + 1, dji, mask=ok & (j != k))
+        _store_pair(dk_ptr + (s * H + h) * (n // 2 + 1) * 2, k, j, ok, ok & (j != k), dkr, dki, djr, dji)
 
 
 def _blocks(H: int) -> tuple[int, int]:
