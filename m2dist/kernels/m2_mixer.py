@@ -338,6 +338,18 @@ def _blocks(H: int) -> tuple[int, int]:
     return 64, min(64, triton.next_power_of_2(H))
 
 
+# Warps of the token-tile passes. With 64 x 64 fp32 tiles and 4 warps, ptxas needs more than 255 registers per
+# thread and spills (80-792 bytes per thread; `python benchmarks/kernel_resources.py`); with 8 none of them spills.
+PASS_WARPS = 8
+
+
+def _conv_tiling(BT: int) -> tuple[int, int]:
+    """(token tile, token tiles per program) of the short-conv transpose pass. Its four weight-gradient accumulators
+    live beside the tiles: at 64 x 64 it spills even with 8 warps, at 32 x 64 it does not; 16 tiles of 32 keep the
+    tokens per program (and so the partial sums) of 8 tiles of 64. The interpreter's tiles are small already."""
+    return (BT, 2) if interpreting() else (BT // 2, 16)
+
+
 def _pair_grid(S: int, H: int, n: int) -> tuple[tuple[int, int], int]:
     bf = 64 if interpreting() else 256
     return (S * H, triton.cdiv(n // 4 + 1, bf)), bf
@@ -423,7 +435,8 @@ def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
         X = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
         grid = (B, triton.cdiv(n, BT), triton.cdiv(H, BH))
         _fwd_pre[grid](z, u_t, keep_t, cw, conv_b, X, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
-                       X.stride(0), X.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+                       X.stride(0), X.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH,
+                       num_warps=PASS_WARPS)
         P = _rfft(X)
         del X
         C = _irfft(_spectral_forward(P, K))
@@ -432,7 +445,7 @@ def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
         grid = (B, triton.cdiv(L, BT), triton.cdiv(H, BH))
         _fwd_post[grid](C, z, u_t, keep_t, cw, conv_b, d1, d2 if has_res else d1, y, g1,
                         L, H, n, z.stride(0), z.stride(1), s_ub, s_ut, C.stride(0), C.stride(1),
-                        HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+                        HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH, num_warps=PASS_WARPS)
     return y, g1, P, K
 
 
@@ -458,7 +471,8 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
         part_d = torch.empty(B * nt, 2, H, device=z.device, dtype=torch.float32)
         _bwd_pre[(B, nt, triton.cdiv(H, BH))](
             dy, z, u_t, keep_t, cw, conv_b, gin, part_d, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
-            gin.stride(0), gin.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH)
+            gin.stride(0), gin.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH,
+            num_warps=PASS_WARPS)
         dD = part_d.sum(0)
         GP = _rfft(gin)
         del gin
@@ -471,14 +485,14 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
         gz = torch.empty(B, L, H3, device=z.device, dtype=torch.float32)
         _bwd_gates[(B, ntl, triton.cdiv(H, BH))](
             dX, dy, g1, z, keep_t, cw, conv_b, d1, gz, L, H, n, z.stride(0), z.stride(1), dX.stride(1),
-            HAS_MASK=keep is not None, BT=BT, BH=BH)
-        tiles = 2 if interpreting() else 8  # token tiles per program of the transpose pass (one reduction each)
-        chunks = triton.cdiv(ntl, tiles)
+            HAS_MASK=keep is not None, BT=BT, BH=BH, num_warps=PASS_WARPS)
+        bt_conv, tiles = _conv_tiling(BT)
+        chunks = triton.cdiv(triton.cdiv(L, bt_conv), tiles)
         part_w = torch.empty(B * chunks, 4, H3, device=z.device, dtype=torch.float32)
         _bwd_conv[(B, chunks, triton.cdiv(H3, BH))](
             gz, z, dX, dy, cw, d2 if has_res else d1, dz, du if has_res else dz, part_w, L, H3, H, n,
-            z.stride(0), z.stride(1), dX.stride(0), dX.stride(1), tiles, HAS_RES=has_res, BT=BT, BH=BH,
-            num_warps=8)
+            z.stride(0), z.stride(1), dX.stride(0), dX.stride(1), tiles, HAS_RES=has_res, BT=bt_conv, BH=BH,
+            num_warps=PASS_WARPS)
         del gz
         pw = part_w.sum(0)  # (3 taps + bias, 3H)
     dconv_w = pw[:3].t().contiguous().reshape(conv_w.shape).to(conv_w.dtype)
