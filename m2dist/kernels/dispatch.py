@@ -19,7 +19,8 @@ The reference modules call these first and use their own PyTorch path when they 
 A kernel is used when the tensors are on a CUDA device, Triton imports, ``M2DIST_KERNELS`` is not ``0``, and the
 shape is one the kernel covers; everything else (CPU, odd shapes, fp32 block-diagonal or Monarch outside autocast)
 returns None. ``M2DIST_FUSED=0`` switches the layer-level fusions (mixer core, GLU) off and keeps the per-op kernels
-(long conv, block-diagonal, Monarch). ``M2DIST_LONGCONV=monarch`` opts into the Monarch-FFT long conv (not yet measured on a GPU; fft otherwise).
+(long conv, block-diagonal, Monarch). ``M2DIST_LONGCONV=monarch`` opts into the Monarch-FFT long conv
+(slower than the cuFFT path in its first GPU measurement, NOTES.md attempt 10; fft otherwise).
 On CPU the kernels can still be called directly through the interpreter, which is how the tests run them.
 """
 from __future__ import annotations
