@@ -365,16 +365,12 @@ def _irfft(q: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(torch.fft.ifft(q, norm="forward")).flatten(-2)
 
 
-_TWIDDLES: dict = {}
-
-
 def _twiddles(n: int, device: torch.device) -> torch.Tensor:
-    """(n//4 + 1, 2) fp32: cos and sin of 2*pi*k/n for k = 0..n//4, computed in float64 (cached per size)."""
-    key = (n, str(device))
-    if key not in _TWIDDLES:
-        theta = torch.arange(n // 4 + 1, dtype=torch.float64) * (2 * math.pi / n)
-        _TWIDDLES[key] = torch.stack([theta.cos(), theta.sin()], -1).float().to(device)
-    return _TWIDDLES[key]
+    """(n//4 + 1, 2) fp32: cos and sin of 2*pi*k/n for k = 0..n//4, computed in float64 on the device. Built per call,
+    not cached: a cached tensor first made during a CUDA-graph capture or warm-up would live in the graph's memory
+    pool, which the graph may later hand to other tensors."""
+    theta = torch.arange(n // 4 + 1, device=device, dtype=torch.float64) * (2 * math.pi / n)
+    return torch.stack([theta.cos(), theta.sin()], -1).float()
 
 
 def _spectral_forward(P: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@ gradient; on CPU through the interpreter, on the GPU machine with ``M2DIST_GPU_T
 import pytest
 import torch
 
-from m2dist.kernels import dispatch
+from m2dist.kernels import dispatch, m2_mixer
+from m2dist.kernels._triton import triton
 from m2dist.kernels.m2_mixer import fused_m2_mixer
 from m2dist.models.sequence_mixer import M2SequenceMixer
 from tests.kernels._ref import naive_mixer_core, rel_err
@@ -68,6 +69,20 @@ def test_fused_mixer_matches_naive(bidir, residual):
     # H=20 is not a multiple of the interpreter's 16-channel tile; L=13 gives n=30, an odd half size (15: no
     # frequency pairs with itself); L=40 below gives an even one (n/4 does)
     _check(B=2, L=13, H=20, dtype=torch.float32, bidir=bidir, residual=residual, masked=False)
+
+
+@pytest.mark.parametrize("L", [13, 40], ids=["odd_half", "even_half"])
+def test_frequency_pairs_across_programs(monkeypatch, L):
+    """The spectral passes with 2 frequency pairs per program, so that a row spans several programs and the pair
+    index depends on the program id (at the interpreter's usual 64 pairs per program one program holds a row)."""
+    real = m2_mixer._pair_grid
+
+    def tiny(S, H, n):
+        (rows, _), _ = real(S, H, n)
+        return (rows, triton.cdiv(n // 4 + 1, 2)), 2
+
+    monkeypatch.setattr(m2_mixer, "_pair_grid", tiny)
+    _check(B=2, L=L, H=20, dtype=torch.float32, bidir=True, residual=True, masked=False)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
