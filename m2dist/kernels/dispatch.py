@@ -19,7 +19,8 @@ The reference modules call these first and use their own PyTorch path when they 
 A kernel is used when the tensors are on a CUDA device, Triton imports, ``M2DIST_KERNELS`` is not ``0``, and the
 shape is one the kernel covers; everything else (CPU, odd shapes, fp32 block-diagonal or Monarch outside autocast)
 returns None. ``M2DIST_FUSED=0`` switches the layer-level fusions (mixer core, GLU) off and keeps the per-op kernels
-(long conv, block-diagonal, Monarch). ``M2DIST_LONGCONV=monarch`` opts into the Monarch-FFT long conv
+(long conv, block-diagonal, Monarch; ``M2DIST_MONARCH=auto|kernel|einsum`` picks the latter's path, auto by timing).
+``M2DIST_LONGCONV=monarch`` opts into the Monarch-FFT long conv
 (slower than the cuFFT path in its first GPU measurement, NOTES.md attempt 10; fft otherwise).
 On CPU the kernels can still be called directly through the interpreter, which is how the tests run them.
 """
@@ -120,7 +121,8 @@ def block_diagonal(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 def monarch_linear(x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor,
                    bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """``MonarchLinear`` on x (..., nb*p) with weight1 (nb, r, p), weight2 (nb, s, r), on the permutation-fused
-    kernels (``m2dist.kernels.monarch_matmul``); None when not applicable. Dtypes and autocast: ``_kernel_inputs``."""
+    kernels (``m2dist.kernels.monarch_matmul``); None when not applicable or when the layer's einsum path timed
+    faster at this shape (``monarch_matmul.kernels_win``). Dtypes and autocast: ``_kernel_inputs``."""
     if not _on_gpu(x):
         return None
     nb, r, p = weight1.shape
@@ -129,6 +131,6 @@ def monarch_linear(x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor
     args = _kernel_inputs(x, (weight1, weight2), bias)
     if args is None:
         return None
-    from m2dist.kernels.monarch_matmul import monarch_matmul
+    from m2dist.kernels.monarch_matmul import kernels_win, monarch_matmul
 
-    return monarch_matmul(*args)
+    return monarch_matmul(*args) if kernels_win(*args) else None

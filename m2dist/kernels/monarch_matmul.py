@@ -17,10 +17,12 @@ place; the einsum path instead materialises each permutation as a transpose copy
 
 The z~/out~/dout~/dz~ views have no unit stride inside their matrices, which cuBLAS cannot take, so those three
 products always run on the Triton kernel (its "none" layout); the factor-1 products keep the timed backend choice.
-z is kept from the forward for the W2 gradient, as the einsum path's autograd keeps it.
+z is kept from the forward for the W2 gradient, as the einsum path's autograd keeps it. Whether the kernels or the
+layer's einsum path run is timed per shape on the GPU (``kernels_win``; ``M2DIST_MONARCH`` overrides).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -112,3 +114,50 @@ def monarch_matmul(x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor
         x2 = x2.contiguous()
     out, _ = _monarch_op(x2, weight1, weight2, bias)
     return out.view(*lead, out.shape[-1])
+
+
+_CHOICE: dict = {}  # (rows, weight shapes, dtype, bias?) -> whether the kernels beat the einsum path
+
+
+def kernels_win(x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor,
+                bias: Optional[torch.Tensor] = None) -> bool:
+    """Whether to run the kernels at this shape: ``M2DIST_MONARCH=kernel|einsum|auto`` (default auto).
+
+    Why "auto" times: the permuted products read and write their interleaved operands without 16-byte vectors
+    (stride nb), which may cost more than the einsum path's transpose copies; which wins depends on the shape and
+    the GPU. So the first eager call at a shape times one training step (forward and backward) of each on CUDA
+    events and keeps the faster, as ``block_diagonal._launch`` does for its backends. Under torch.compile's tracing
+    there is nothing to time: a shape timed before keeps its choice, an untimed one takes the kernels.
+    """
+    choice = os.environ.get("M2DIST_MONARCH", "auto")
+    if choice != "auto":
+        return choice == "kernel"
+    key = (x.numel() // x.shape[-1], tuple(weight1.shape), tuple(weight2.shape), x.dtype, bias is None)
+    if key not in _CHOICE:
+        if torch.compiler.is_compiling():
+            return True
+        from m2dist.monarch.monarch_linear import monarch_einsum
+
+        _CHOICE[key] = _step_ms(monarch_matmul, x, weight1, weight2, bias) <= _step_ms(
+            monarch_einsum, x, weight1, weight2, bias)
+    return _CHOICE[key]
+
+
+def _step_ms(fn, x, weight1, weight2, bias, reps: int = 3) -> float:
+    """Milliseconds of ``fn``'s forward and backward on detached copies, after one warm-up (and autotuning)."""
+    leaves = [t.detach().requires_grad_() for t in (x, weight1, weight2)]
+    b = None if bias is None else bias.detach().requires_grad_()
+
+    def step():
+        out = fn(*leaves, b)
+        out.backward(torch.ones_like(out))
+
+    with torch.enable_grad(), torch.autocast("cuda", enabled=False):
+        step()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            step()
+        end.record()
+        end.synchronize()
+    return start.elapsed_time(end) / reps

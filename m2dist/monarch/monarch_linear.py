@@ -13,11 +13,27 @@ side: ``weight1`` is ``(nb, p, p)`` and ``weight2`` is ``(nb, s, p)`` when ``n <
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
 from m2dist.kernels import dispatch
 from m2dist.monarch.structured import StructuredLinear, init_bias_, init_block_weight_
+
+
+def monarch_einsum(x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor,
+                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The layer in PyTorch: two batched matmuls (einsum) with the permutations as transposes."""
+    batch = x.shape[:-1]
+    k, q, p = weight1.shape
+    l, s, r = weight2.shape
+    z = torch.einsum("...kp,kqp->...kq", x.reshape(*batch, k, p), weight1)
+    # z as (r, l) row-major -> transpose -> (l, r): block j of the second factor reads z[i*l + j].
+    z = z.reshape(*batch, r, l).transpose(-1, -2)
+    w = torch.einsum("...lr,lsr->...ls", z, weight2)
+    out = w.transpose(-1, -2).reshape(*batch, s * l)
+    return out if bias is None else out + bias
 
 
 class MonarchLinear(StructuredLinear):
@@ -40,15 +56,7 @@ class MonarchLinear(StructuredLinear):
         y = dispatch.monarch_linear(x, self.weight1, self.weight2, self.bias)  # Triton kernels on GPU, else None
         if y is not None:
             return y
-        batch = x.shape[:-1]
-        k, q, p = self.weight1.shape
-        l, s, r = self.weight2.shape
-        z = torch.einsum("...kp,kqp->...kq", x.reshape(*batch, k, p), self.weight1)
-        # z as (r, l) row-major -> transpose -> (l, r): block j of the second factor reads z[i*l + j].
-        z = z.reshape(*batch, r, l).transpose(-1, -2)
-        w = torch.einsum("...lr,lsr->...ls", z, self.weight2)
-        out = w.transpose(-1, -2).reshape(*batch, s * l)
-        return out if self.bias is None else out + self.bias
+        return monarch_einsum(x, self.weight1, self.weight2, self.bias)
 
     def to_dense(self) -> torch.Tensor:
         """``(out_features, in_features)`` matrix, built from explicit permutation matrices."""

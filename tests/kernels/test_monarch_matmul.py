@@ -75,9 +75,35 @@ def test_layer_routes_through_dispatch(monkeypatch):
 
     monkeypatch.setattr(mm, "monarch_matmul", spy)
     monkeypatch.setattr(dispatch, "_on_gpu", lambda t: True)
+    monkeypatch.setenv("M2DIST_MONARCH", "kernel")
     out = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert len(calls) == 1
     assert rel_err(out, ref) < 1e-2
+    monkeypatch.setenv("M2DIST_MONARCH", "einsum")
+    layer(x.to(torch.bfloat16))
+    assert len(calls) == 1, "M2DIST_MONARCH=einsum still ran the kernels"
+
+
+def test_auto_times_each_shape_once_and_keeps_the_faster(monkeypatch):
+    """M2DIST_MONARCH=auto (the default): one timed step of each path per shape, then the cached choice."""
+    from m2dist.monarch.monarch_linear import monarch_einsum
+
+    timed = []
+    fake_ms = {mm.monarch_matmul: 2.0, monarch_einsum: 1.0}  # einsum faster at the first shape
+
+    def step_ms(fn, x, *rest):
+        timed.append(fn)
+        return fake_ms[fn] if x.shape[0] == 8 else 1 / fake_ms[fn]  # and slower at the second
+
+    monkeypatch.setattr(mm, "_step_ms", step_ms)
+    monkeypatch.setattr(mm, "_CHOICE", {})
+    monkeypatch.delenv("M2DIST_MONARCH", raising=False)
+    w1, w2 = torch.randn(4, 6, 6), torch.randn(4, 10, 6)
+    assert not mm.kernels_win(torch.randn(8, 24), w1, w2)
+    assert not mm.kernels_win(torch.randn(8, 24), w1, w2)
+    assert len(timed) == 2
+    assert mm.kernels_win(torch.randn(16, 24), w1, w2)
+    assert len(timed) == 4
 
 
 def test_dispatch_declines_cpu_tensors():
@@ -115,8 +141,24 @@ def _gpu_check(shape, dtype=torch.bfloat16, rows=4000, tol=2e-2):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("shape", [(768, 3072, 4), (3072, 768, 4), (1024, 1024, 16), (96, 400, 4)])
-def test_gpu_bf16_matches_einsum(shape):
+def test_gpu_bf16_matches_einsum(shape, monkeypatch):
+    monkeypatch.setenv("M2DIST_MONARCH", "kernel")
     _gpu_check(shape)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_auto_choice_runs(monkeypatch):
+    """The timed choice on a real GPU: either path, and the layer's output matches the einsum path's."""
+    monkeypatch.setattr(mm, "_CHOICE", {})
+    monkeypatch.delenv("M2DIST_MONARCH", raising=False)
+    layer = MonarchLinear(768, 3072, 4).cuda().to(torch.bfloat16)
+    x = torch.randn(4096, 768, device="cuda", dtype=torch.bfloat16)
+    from m2dist.monarch.monarch_linear import monarch_einsum
+
+    y = layer(x)
+    assert len(mm._CHOICE) == 1
+    assert rel_err(y.float(), monarch_einsum(x, layer.weight1, layer.weight2, layer.bias).float()) < 2e-2
 
 
 @pytest.mark.gpu
@@ -125,4 +167,5 @@ def test_gpu_bf16_matches_einsum(shape):
 def test_gpu_backends_and_fp16(backend, monkeypatch):
     """The block-diagonal first factor on each backend; the permuted products always run on Triton."""
     monkeypatch.setenv("M2DIST_BLOCKDIAG", backend)
+    monkeypatch.setenv("M2DIST_MONARCH", "kernel")
     _gpu_check((256, 512, 4), dtype=torch.float16, rows=2048)
