@@ -34,21 +34,25 @@ TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
-def compile_for_sm90(fn, constexprs: dict, dtypes: dict, **options):
+def compile_for_sm90(fn, constexprs: dict, dtypes: dict, odd_ints: tuple = (), **options):
     """Compile ``fn`` with the given constexpr values; pointers are fp32 unless ``dtypes`` names them, every other
-    runtime argument a 32-bit int."""
-    sig = {}
-    for p in fn.params:
+    runtime argument a 32-bit int. As the launcher's JIT does at run time, pointers are taken as 16-byte aligned and
+    ints as multiples of 16 (``tt.divisibility``; at BERT-base sizes they are), except those named in ``odd_ints``:
+    without these hints loads are not vectorised or pipelined, and the registers and spills would be another
+    kernel's."""
+    sig, attrs = {}, {}
+    for i, p in enumerate(fn.params):
         if p.is_constexpr:
             sig[p.name] = "constexpr"
-        elif p.name.endswith("_ptr"):
-            sig[p.name] = "*" + dtypes.get(p.name, "fp32")
-        else:
-            sig[p.name] = "i32"
+            continue
+        sig[p.name] = "*" + dtypes.get(p.name, "fp32") if p.name.endswith("_ptr") else "i32"
+        if p.name not in odd_ints:
+            attrs[(i,)] = [["tt.divisibility", 16]]
     missing = [n for n, t in sig.items() if t == "constexpr" and n not in constexprs]
     if missing:
         raise ValueError(f"{fn.__name__}: no value for constexpr {missing}")
-    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=TARGET, options=options)
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs), target=TARGET,
+                          options=options)
 
 
 def ptxas_report(ptx: str) -> dict:
@@ -73,7 +77,7 @@ def variants():
            "du_ptr": bf16}
     BT, BH = 64, 64  # m2_mixer._blocks on a GPU
     warps = dict(num_warps=m2_mixer.PASS_WARPS)
-    bt_conv = BT // 2  # m2_mixer._conv_tiling on a GPU
+    bt_conv, _ = m2_mixer._conv_tiling(BT)
     for res in (True, False):
         for mask in (True, False):
             flags = dict(HAS_RES=res, HAS_MASK=mask, BT=BT, BH=BH)
@@ -81,7 +85,7 @@ def variants():
             yield f"m2_mixer._fwd_post res={res} mask={mask}", m2_mixer._fwd_post, flags, act, warps
             yield f"m2_mixer._bwd_pre res={res} mask={mask}", m2_mixer._bwd_pre, flags, act, warps
         yield (f"m2_mixer._bwd_conv res={res}", m2_mixer._bwd_conv, dict(HAS_RES=res, BT=bt_conv, BH=BH), act,
-               warps)
+               dict(num_warps=m2_mixer.CONV_WARPS))
     for mask in (True, False):
         yield (f"m2_mixer._bwd_gates mask={mask}", m2_mixer._bwd_gates, dict(HAS_MASK=mask, BT=BT, BH=BH), act,
                warps)
@@ -107,7 +111,8 @@ def variants():
             tile = "x".join(str(cfg.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
             yield (f"block_diagonal._batched_matmul_kernel A={a} B={b} C={c} {tile} s{cfg.num_stages} "
                    f"w{cfg.num_warps} flatten={cfg.kwargs['FLATTEN']}", block_diagonal._batched_matmul_kernel,
-                   flags, dict(mm, c_ptr=c_dtype), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+                   flags, dict(mm, c_ptr=c_dtype), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                                                        odd_ints=("G", "S")))
 
 
 def main() -> int:

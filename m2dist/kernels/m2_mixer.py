@@ -338,16 +338,18 @@ def _blocks(H: int) -> tuple[int, int]:
     return 64, min(64, triton.next_power_of_2(H))
 
 
-# Warps of the token-tile passes. With 64 x 64 fp32 tiles and 4 warps, ptxas needs more than 255 registers per
-# thread and spills (80-792 bytes per thread; `python benchmarks/kernel_resources.py`); with 8 none of them spills.
-PASS_WARPS = 8
+# Warps of the token-tile passes and of the conv-transpose pass, as measured on the H200 (benchmarks/NOTES.md,
+# attempts 9-10). `python benchmarks/kernel_resources.py` gives their registers per thread without a GPU: none
+# spills; 8 warps for the token-tile passes would halve the tile elements in flight per SM (1 CTA of 8 warps
+# instead of 2 of 4 at their register counts), so they stay at 4 until a GPU says otherwise.
+PASS_WARPS = 4
+CONV_WARPS = 8
 
 
 def _conv_tiling(BT: int) -> tuple[int, int]:
-    """(token tile, token tiles per program) of the short-conv transpose pass. Its four weight-gradient accumulators
-    live beside the tiles: at 64 x 64 it spills even with 8 warps, at 32 x 64 it does not; 16 tiles of 32 keep the
-    tokens per program (and so the partial sums) of 8 tiles of 64. The interpreter's tiles are small already."""
-    return (BT, 2) if interpreting() else (BT // 2, 16)
+    """(token tile, token tiles per program) of the conv-transpose pass: one weight-gradient reduction per program,
+    after a run of tiles accumulated in registers."""
+    return (BT, 2) if interpreting() else (BT, 8)
 
 
 def _pair_grid(S: int, H: int, n: int) -> tuple[tuple[int, int], int]:
@@ -488,7 +490,7 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
         _bwd_conv[(B, chunks, triton.cdiv(H3, BH))](
             gz, z, dX, dy, cw, d2 if has_res else d1, dz, du if has_res else dz, part_w, L, H3, H, n,
             z.stride(0), z.stride(1), dX.stride(0), dX.stride(1), tiles, HAS_RES=has_res, BT=bt_conv, BH=BH,
-            num_warps=PASS_WARPS)
+            num_warps=CONV_WARPS)
         del gz
         pw = part_w.sum(0)  # (3 taps + bias, 3H)
     dconv_w = pw[:3].t().contiguous().reshape(conv_w.shape).to(conv_w.dtype)
