@@ -301,10 +301,12 @@ if HAVE_TRITON:
         s, h, k, j, jm, ok, ok_j, cs, sn, kkr, kki, kjr, kji = _pairs(k_ptr, tw_ptr, H, n, BF)
         for b in range(B):
             row = ((s * B + b) * H + h) * n  # n floats = N2 interleaved complex values
-            xkr, xki, xjr, xji = _unpack(*_load_pair(p_ptr + row, k, jm, ok), cs, sn)
+            pkr, pki, pjr, pji = _load_pair(p_ptr + row, k, jm, ok)
+            xkr, xki, xjr, xji = _unpack(pkr, pki, pjr, pji, cs, sn)
             ykr, yki = _cmul(xkr, xki, kkr, kki)
             yjr, yji = _cmul(xjr, xji, kjr, kji)
-            _store_pair(q_ptr + row, k, j, ok, ok_j, *_pack(ykr, yki, yjr, yji, k, cs, sn))
+            qkr, qki, qjr, qji = _pack(ykr, yki, yjr, yji, k, cs, sn)
+            _store_pair(q_ptr + row, k, j, ok, ok_j, qkr, qki, qjr, qji)
 
     @triton.jit
     def _spectral_bwd(gp_ptr, p_ptr, k_ptr, tw_ptr, dk_ptr, B, H, n, BF: tl.constexpr):
@@ -318,15 +320,19 @@ if HAVE_TRITON:
         dji = tl.zeros([BF], dtype=tl.float32)
         for b in range(B):
             row = ((s * B + b) * H + h) * n
-            gkr, gki, gjr, gji = _unpack(*_load_pair(gp_ptr + row, k, jm, ok), cs, sn)
-            xkr, xki, xjr, xji = _unpack(*_load_pair(p_ptr + row, k, jm, ok), cs, sn)
+            # No *-unpacking of a call's result into arguments: not checked against the GPU image's Triton (3.6).
+            gkr, gki, gjr, gji = _load_pair(gp_ptr + row, k, jm, ok)
+            gkr, gki, gjr, gji = _unpack(gkr, gki, gjr, gji, cs, sn)
+            pkr, pki, pjr, pji = _load_pair(p_ptr + row, k, jm, ok)
+            xkr, xki, xjr, xji = _unpack(pkr, pki, pjr, pji, cs, sn)
             dkr += gkr * xkr + gki * xki
             dki += gki * xkr - gkr * xki
             djr += gjr * xjr + gji * xji
             dji += gji * xjr - gjr * xji
             ykr, yki = _cmul(gkr, gki, kkr, -kki)
             yjr, yji = _cmul(gjr, gji, kjr, -kji)
-            _store_pair(gp_ptr + row, k, j, ok, ok_j, *_pack(ykr, yki, yjr, yji, k, cs, sn))
+            qkr, qki, qjr, qji = _pack(ykr, yki, yjr, yji, k, cs, sn)
+            _store_pair(gp_ptr + row, k, j, ok, ok_j, qkr, qki, qjr, qji)
         # dK has all N2 + 1 frequencies: the pair of k = 0 stores the Nyquist one at j = N2.
         _store_pair(dk_ptr + (s * H + h) * (n // 2 + 1) * 2, k, j, ok, ok & (j != k), dkr, dki, djr, dji)
 
