@@ -320,7 +320,6 @@ if HAVE_TRITON:
         dji = tl.zeros([BF], dtype=tl.float32)
         for b in range(B):
             row = ((s * B + b) * H + h) * n
-            # No *-unpacking of a call's result into arguments: not checked against the GPU image's Triton (3.6).
             gkr, gki, gjr, gji = _load_pair(gp_ptr + row, k, jm, ok)
             gkr, gki, gjr, gji = _unpack(gkr, gki, gjr, gji, cs, sn)
             pkr, pki, pjr, pji = _load_pair(p_ptr + row, k, jm, ok)
