@@ -77,14 +77,13 @@ def variants():
            "du_ptr": bf16}
     BT, BH = 64, 64  # m2_mixer._blocks on a GPU
     warps = dict(num_warps=m2_mixer.PASS_WARPS)
-    bt_conv, _ = m2_mixer._conv_tiling(BT)
     for res in (True, False):
         for mask in (True, False):
             flags = dict(HAS_RES=res, HAS_MASK=mask, BT=BT, BH=BH)
             yield f"m2_mixer._fwd_pre res={res} mask={mask}", m2_mixer._fwd_pre, flags, act, warps
             yield f"m2_mixer._fwd_post res={res} mask={mask}", m2_mixer._fwd_post, flags, act, warps
             yield f"m2_mixer._bwd_pre res={res} mask={mask}", m2_mixer._bwd_pre, flags, act, warps
-        yield (f"m2_mixer._bwd_conv res={res}", m2_mixer._bwd_conv, dict(HAS_RES=res, BT=bt_conv, BH=BH), act,
+        yield (f"m2_mixer._bwd_conv res={res}", m2_mixer._bwd_conv, dict(HAS_RES=res, BT=BT, BH=BH), act,
                dict(num_warps=m2_mixer.CONV_WARPS))
     for mask in (True, False):
         yield (f"m2_mixer._bwd_gates mask={mask}", m2_mixer._bwd_gates, dict(HAS_MASK=mask, BT=BT, BH=BH), act,

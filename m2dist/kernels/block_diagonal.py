@@ -188,17 +188,22 @@ def _launch(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bias: Optional[to
     (_launch_cublas if choice == "cublas" else _launch_triton)(a, b, c, bias)
 
 
+def cuda_ms(fn, reps: int = 3) -> float:
+    """Milliseconds per call of ``fn()`` on CUDA events, after one warm-up call (which also runs Triton's
+    autotuning): how the timed backend choices here and in ``monarch_matmul`` compare their candidates."""
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def _fastest(a, b, c, bias) -> str:
-    times = {}
-    for name, fn in (("triton", _launch_triton), ("cublas", _launch_cublas)):
-        fn(a, b, c, bias)  # warm-up (and Triton's autotuning)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(3):
-            fn(a, b, c, bias)
-        end.record()
-        end.synchronize()
-        times[name] = start.elapsed_time(end)
+    times = {name: cuda_ms(lambda fn=fn: fn(a, b, c, bias))
+             for name, fn in (("triton", _launch_triton), ("cublas", _launch_cublas))}
     return min(times, key=times.get)
 
 

@@ -34,7 +34,6 @@ preset's size); other sizes take the PyTorch path (``dispatch.m2_mixer`` decides
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -235,10 +234,11 @@ if HAVE_TRITON:
         return ar * br - ai * bi, ar * bi + ai * br
 
     @triton.jit
-    def _twiddle(tw_ptr, k, ok):
-        """cos and sin of 2*pi*k/n from the table ``_twiddles`` (tl.cos/tl.sin may lower to approximate hardware
-        instructions on a GPU)."""
-        return tl.load(tw_ptr + 2 * k, mask=ok, other=1.0), tl.load(tw_ptr + 2 * k + 1, mask=ok, other=0.0)
+    def _twiddle(k, n):
+        """cos and sin of 2*pi*k/n, evaluated in float64 (libdevice's exact cos/sin; a float32 tl.cos may lower to
+        an approximate instruction), once per program."""
+        theta = k.to(tl.float64) * (6.283185307179586 / n.to(tl.float64))
+        return tl.cos(theta).to(tl.float32), tl.sin(theta).to(tl.float32)
 
     @triton.jit
     def _unpack(ar, ai, cr, ci, cs, sn):
@@ -267,7 +267,7 @@ if HAVE_TRITON:
         return a_r - mi, a_i + mr, a_r + mi, mr - a_i
 
     @triton.jit
-    def _pairs(k_ptr, tw_ptr, H, n, BF: tl.constexpr):
+    def _pairs(k_ptr, H, n, BF: tl.constexpr):
         """This program's (slot, channel) row sh = (s, h), its frequencies k, their partners j = N2 - k and the
         partners' index jm in a half-size spectrum (N2 wraps to 0), which of them exist (ok), which partners get a
         store of their own (ok_j: k > 0, j != k), the twiddles of k and the filter spectrum K at k and j."""
@@ -277,7 +277,7 @@ if HAVE_TRITON:
         ok = k <= N2 // 2
         j = N2 - k
         jm = tl.where(k == 0, 0, j)
-        cs, sn = _twiddle(tw_ptr, k, ok)
+        cs, sn = _twiddle(k, n)
         kkr, kki, kjr, kji = _load_pair(k_ptr + sh * (N2 + 1) * 2, k, j, ok)
         return sh // H, sh % H, k, j, jm, ok, ok & (k > 0) & (j != k), cs, sn, kkr, kki, kjr, kji
 
@@ -295,10 +295,10 @@ if HAVE_TRITON:
         tl.store(ptr + 2 * j + 1, qji, mask=ok_j)
 
     @triton.jit
-    def _spectral_fwd(p_ptr, k_ptr, tw_ptr, q_ptr, B, H, n, BF: tl.constexpr):
+    def _spectral_fwd(p_ptr, k_ptr, q_ptr, B, H, n, BF: tl.constexpr):
         """For one (slot s, channel h) and BF frequency pairs, over the batch: Q = pack(unpack(P) * K), the
         half-size spectrum of the circular convolution. P and Q (S, B, H, N2), K (S, 1, H, N2 + 1)."""
-        s, h, k, j, jm, ok, ok_j, cs, sn, kkr, kki, kjr, kji = _pairs(k_ptr, tw_ptr, H, n, BF)
+        s, h, k, j, jm, ok, ok_j, cs, sn, kkr, kki, kjr, kji = _pairs(k_ptr, H, n, BF)
         for b in range(B):
             row = ((s * B + b) * H + h) * n  # n floats = N2 interleaved complex values
             pkr, pki, pjr, pji = _load_pair(p_ptr + row, k, jm, ok)
@@ -309,11 +309,11 @@ if HAVE_TRITON:
             _store_pair(q_ptr + row, k, j, ok, ok_j, qkr, qki, qjr, qji)
 
     @triton.jit
-    def _spectral_bwd(gp_ptr, p_ptr, k_ptr, tw_ptr, dk_ptr, B, H, n, BF: tl.constexpr):
+    def _spectral_bwd(gp_ptr, p_ptr, k_ptr, dk_ptr, B, H, n, BF: tl.constexpr):
         """For one (slot s, channel h) and BF frequency pairs: with GX = unpack(GP) and X = unpack(P),
         dK[s, h] = sum_b GX * conj(X) (S, H, N2 + 1: the filter's gradient spectrum), and GP = pack(GX * conj(K))
         in place (the input gradient's half-size spectrum)."""
-        s, h, k, j, jm, ok, ok_j, cs, sn, kkr, kki, kjr, kji = _pairs(k_ptr, tw_ptr, H, n, BF)
+        s, h, k, j, jm, ok, ok_j, cs, sn, kkr, kki, kjr, kji = _pairs(k_ptr, H, n, BF)
         dkr = tl.zeros([BF], dtype=tl.float32)
         dki = tl.zeros([BF], dtype=tl.float32)
         djr = tl.zeros([BF], dtype=tl.float32)
@@ -351,10 +351,10 @@ PASS_WARPS = 4
 CONV_WARPS = 8
 
 
-def _conv_tiling(BT: int) -> tuple[int, int]:
-    """(token tile, token tiles per program) of the conv-transpose pass: one weight-gradient reduction per program,
-    after a run of tiles accumulated in registers."""
-    return (BT, 2) if interpreting() else (BT, 8)
+def _conv_tiles_per_program() -> int:
+    """Token tiles per program of the conv-transpose pass: one weight-gradient reduction per program, after a run
+    of tiles accumulated in registers."""
+    return 2 if interpreting() else 8
 
 
 def _pair_grid(S: int, H: int, n: int) -> tuple[tuple[int, int], int]:
@@ -372,21 +372,13 @@ def _irfft(q: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(torch.fft.ifft(q, norm="forward")).flatten(-2)
 
 
-def _twiddles(n: int, device: torch.device) -> torch.Tensor:
-    """(n//4 + 1, 2) fp32: cos and sin of 2*pi*k/n for k = 0..n//4, computed in float64 on the device. Built per call,
-    not cached: a cached tensor first made during a CUDA-graph capture or warm-up would live in the graph's memory
-    pool, which the graph may later hand to other tensors."""
-    theta = torch.arange(n // 4 + 1, device=device, dtype=torch.float64) * (2 * math.pi / n)
-    return torch.stack([theta.cos(), theta.sin()], -1).float()
-
-
 def _spectral_forward(P: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Q = pack(unpack(P) * K), the half-size spectrum of the circular convolutions."""
     S, B, H, N2 = P.shape
     Q = torch.empty_like(P)
     grid, bf = _pair_grid(S, H, 2 * N2)
-    _spectral_fwd[grid](torch.view_as_real(P), torch.view_as_real(K), _twiddles(2 * N2, P.device),
-                        torch.view_as_real(Q), B, H, 2 * N2, BF=bf, num_warps=4)
+    _spectral_fwd[grid](torch.view_as_real(P), torch.view_as_real(K), torch.view_as_real(Q), B, H, 2 * N2, BF=bf,
+                        num_warps=4)
     return Q
 
 
@@ -395,8 +387,8 @@ def _spectral_backward(GP: torch.Tensor, P: torch.Tensor, K: torch.Tensor) -> to
     S, B, H, N2 = GP.shape
     dK = torch.empty(S, H, N2 + 1, device=GP.device, dtype=GP.dtype)
     grid, bf = _pair_grid(S, H, 2 * N2)
-    _spectral_bwd[grid](torch.view_as_real(GP), torch.view_as_real(P), torch.view_as_real(K),
-                        _twiddles(2 * N2, GP.device), torch.view_as_real(dK), B, H, 2 * N2, BF=bf, num_warps=4)
+    _spectral_bwd[grid](torch.view_as_real(GP), torch.view_as_real(P), torch.view_as_real(K), torch.view_as_real(dK),
+                        B, H, 2 * N2, BF=bf, num_warps=4)
     return dK
 
 
@@ -489,12 +481,12 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
         _bwd_gates[(B, ntl, triton.cdiv(H, BH))](
             dX, dy, g1, z, keep_t, cw, conv_b, d1, gz, L, H, n, z.stride(0), z.stride(1), dX.stride(1),
             HAS_MASK=keep is not None, BT=BT, BH=BH, num_warps=PASS_WARPS)
-        bt_conv, tiles = _conv_tiling(BT)
-        chunks = triton.cdiv(triton.cdiv(L, bt_conv), tiles)
+        tiles = _conv_tiles_per_program()
+        chunks = triton.cdiv(ntl, tiles)
         part_w = torch.empty(B * chunks, 4, H3, device=z.device, dtype=torch.float32)
         _bwd_conv[(B, chunks, triton.cdiv(H3, BH))](
             gz, z, dX, dy, cw, d2 if has_res else d1, dz, du if has_res else dz, part_w, L, H3, H, n,
-            z.stride(0), z.stride(1), dX.stride(0), dX.stride(1), tiles, HAS_RES=has_res, BT=bt_conv, BH=BH,
+            z.stride(0), z.stride(1), dX.stride(0), dX.stride(1), tiles, HAS_RES=has_res, BT=BT, BH=BH,
             num_warps=CONV_WARPS)
         del gz
         pw = part_w.sum(0)  # (3 taps + bias, 3H)

@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from m2dist.kernels.block_diagonal import _apply, _launch, _row_reduction, _weight_grad
+from m2dist.kernels.block_diagonal import _apply, _launch, _row_reduction, _weight_grad, cuda_ms
 
 
 def _interleaved(t: torch.Tensor, nb: int) -> torch.Tensor:
@@ -143,8 +143,8 @@ def kernels_win(x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor,
     return _CHOICE[key]
 
 
-def _step_ms(fn, x, weight1, weight2, bias, reps: int = 3) -> float:
-    """Milliseconds of ``fn``'s forward and backward on detached copies, after one warm-up (and autotuning)."""
+def _step_ms(fn, x, weight1, weight2, bias) -> float:
+    """Milliseconds of ``fn``'s forward and backward on detached copies (``block_diagonal.cuda_ms``)."""
     leaves = [t.detach().requires_grad_() for t in (x, weight1, weight2)]
     b = None if bias is None else bias.detach().requires_grad_()
 
@@ -153,11 +153,4 @@ def _step_ms(fn, x, weight1, weight2, bias, reps: int = 3) -> float:
         out.backward(torch.ones_like(out))
 
     with torch.enable_grad(), torch.autocast("cuda", enabled=False):
-        step()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            step()
-        end.record()
-        end.synchronize()
-    return start.elapsed_time(end) / reps
+        return cuda_ms(step)
