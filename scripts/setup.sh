@@ -23,6 +23,15 @@ if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]
   exit 0
 fi
 
+# The pinned torch is a CUDA build: with its nvidia-* wheels the venv takes ~6.5 GiB. Say so up front instead of
+# letting pip die half-way with "[Errno 28] No space left on device".
+need_gib=${M2DIST_SETUP_NEED_GIB:-8}
+free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "$free_kib" -lt $((need_gib * 1024 * 1024)) ]; then
+  echo "setup: error: $(pwd) has $((free_kib / 1024 / 1024)) GiB free; installing .venv needs ~${need_gib} GiB (torch's CUDA build). Free space (old clones' .venv, /tmp) and re-run." >&2
+  exit 1
+fi
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 echo "setup: installing into .venv (first time: ~4 min, mostly torch from the local wheel cache)"
 .venv/bin/python -m pip install --disable-pip-version-check -q "${PINS[@]}" -e '.[dev]'
