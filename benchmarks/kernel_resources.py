@@ -75,7 +75,8 @@ def variants():
     bf16 = "bf16"
     act = {"z_ptr": bf16, "u_ptr": bf16, "dy_ptr": bf16, "y_ptr": bf16, "g1_ptr": bf16, "dz_ptr": bf16,
            "du_ptr": bf16}
-    BT, BH = 64, 64  # m2_mixer._blocks on a GPU
+    BT, BH = m2_mixer._blocks(768)  # the launchers' tiles and frequency pairs per program, at BERT-base width
+    _, BF = m2_mixer._pair_grid(2, 768, 4096)
     warps = dict(num_warps=m2_mixer.PASS_WARPS)
     for res in (True, False):
         for mask in (True, False):
@@ -88,8 +89,9 @@ def variants():
     for mask in (True, False):
         yield (f"m2_mixer._bwd_gates mask={mask}", m2_mixer._bwd_gates, dict(HAS_MASK=mask, BT=BT, BH=BH), act,
                warps)
-    yield "m2_mixer._spectral_fwd", m2_mixer._spectral_fwd, dict(BF=256), {}, dict(num_warps=4)
-    yield "m2_mixer._spectral_bwd", m2_mixer._spectral_bwd, dict(BF=256), {}, dict(num_warps=4)
+    spectral = dict(num_warps=m2_mixer.SPECTRAL_WARPS)
+    yield "m2_mixer._spectral_fwd", m2_mixer._spectral_fwd, dict(BF=BF), {}, spectral
+    yield "m2_mixer._spectral_bwd", m2_mixer._spectral_bwd, dict(BF=BF), {}, spectral
     yield "glu._glu_fwd", glu._glu_fwd, dict(BLOCK=1024), {"g_ptr": bf16, "a_ptr": bf16}, {}
     yield "glu._glu_bwd", glu._glu_bwd, dict(BLOCK=1024), {"g_ptr": bf16, "da_ptr": bf16, "dg_ptr": bf16}, {}
     yield ("fft_conv._crop_skip_kernel", fft_conv._crop_skip_kernel,

@@ -142,8 +142,8 @@ if HAVE_TRITON:
             tl.store(part_ptr + row + H + h, tl.sum(dy * u, axis=0), mask=hm)
 
     @triton.jit
-    def _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc, t, h, L, H, n,
-                    s_zt, HAS_MASK: tl.constexpr):
+    def _slot_grads(dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc, t, h, L, H, n, s_zt,
+                    HAS_MASK: tl.constexpr):
         """Gradients at the short conv's outputs (positions t) for the three slots x1, x2, v."""
         hm = h < H
         inside = (t >= 0) & (t < L)
@@ -170,7 +170,7 @@ if HAVE_TRITON:
         t = tl.program_id(1) * BT + tl.arange(0, BT)
         h = tl.program_id(2) * BH + tl.arange(0, BH)
         ok = (t < L)[:, None] & (h < H)[None, :]
-        g_a, g_b, g_c = _slot_grads(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, b * s_zb,
+        g_a, g_b, g_c = _slot_grads(dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, b * s_zb,
                                     dx_ptr + b * s_xb, t, h, L, H, n, s_zt, HAS_MASK)
         dst = gz_ptr + b * L * 3 * H + t[:, None] * 3 * H + h[None, :]
         tl.store(dst, g_a, mask=ok)
@@ -349,6 +349,7 @@ def _blocks(H: int) -> tuple[int, int]:
 # instead of 2 of 4 at their register counts), so they stay at 4 until a GPU says otherwise.
 PASS_WARPS = 4
 CONV_WARPS = 8
+SPECTRAL_WARPS = 4
 
 
 def _conv_tiles_per_program() -> int:
@@ -378,7 +379,7 @@ def _spectral_forward(P: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     Q = torch.empty_like(P)
     grid, bf = _pair_grid(S, H, 2 * N2)
     _spectral_fwd[grid](torch.view_as_real(P), torch.view_as_real(K), torch.view_as_real(Q), B, H, 2 * N2, BF=bf,
-                        num_warps=4)
+                        num_warps=SPECTRAL_WARPS)
     return Q
 
 
@@ -388,7 +389,7 @@ def _spectral_backward(GP: torch.Tensor, P: torch.Tensor, K: torch.Tensor) -> to
     dK = torch.empty(S, H, N2 + 1, device=GP.device, dtype=GP.dtype)
     grid, bf = _pair_grid(S, H, 2 * N2)
     _spectral_bwd[grid](torch.view_as_real(GP), torch.view_as_real(P), torch.view_as_real(K), torch.view_as_real(dK),
-                        B, H, 2 * N2, BF=bf, num_warps=4)
+                        B, H, 2 * N2, BF=bf, num_warps=SPECTRAL_WARPS)
     return dK
 
 
