@@ -38,8 +38,10 @@ def test_forward_backward(name):
 @pytest.mark.parametrize("name", ["m2-gpt-tiny", "gpt-tiny"])
 @pytest.mark.parametrize("length", [37, 100])
 def test_causality_in_float64(name, length):
-    """∂logits[t]/∂emb[s] = 0 for every s > t (up to round-off: FFT noise in float64 is ~1e-16 of
-    the largest gradient; the tolerance is 1e-12 absolute), and ≠ 0 for s ≤ t (the test can fail)."""
+    """∂logits[t]/∂emb[s] = 0 for every s > t up to round-off, and ≠ 0 for s ≤ t (the test can fail).
+
+    Both bounds are relative to the largest gradient of the row (~40-120 here): float64 FFT noise is ~1e-18 of it
+    (measured 4e-17 absolute), the tolerance 1e-13 of it; the smallest real dependence is ~2e-5 of it."""
     torch.manual_seed(0)
     model = from_preset(name).double().eval()
     ids = _inputs(name, batch=1, length=length)
@@ -48,8 +50,9 @@ def test_causality_in_float64(name, length):
     for t in [0, 1, length // 2, length - 2]:
         (grad,) = torch.autograd.grad(logits[0, t].sum(), emb, retain_graph=True)
         per_position = grad[0].abs().amax(-1)
-        assert per_position[t + 1:].max().item() < 1e-12, f"position {t} sees the future"
-        assert per_position[: t + 1].min().item() > 1e-9
+        scale = per_position.max().item()
+        assert per_position[t + 1:].max().item() <= 1e-13 * scale, f"position {t} sees the future"
+        assert per_position[: t + 1].min().item() > 1e-8 * scale
 
 
 @pytest.mark.parametrize("name", LANGUAGE)
