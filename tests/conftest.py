@@ -5,8 +5,16 @@ from __future__ import annotations
 import glob
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "train"))
+# The session's token in every child's environment, and the end-of-session check that none of them is left.
+from leftover_check import mark_session, pytest_sessionfinish  # noqa: E402,F401
+
+mark_session()
 
 # 2 cores, several ranks: one thread each. DeepSpeed must not probe for accelerators or JIT-build its shm op.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -111,13 +111,47 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, wh
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def job_processes(proc: subprocess.Popen) -> list:
+    """The launcher and every process below it (psutil.Process objects). torchrun starts each worker in a session
+    of its own (setsid), so the launcher's process group does not hold them: only the process tree does."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def kill_job(proc: subprocess.Popen) -> None:
-    """kill -9 of the whole job: the launcher and every rank (its process group)."""
+    """kill -9 of the whole job: the launcher and every rank, and whatever the ranks started.
+
+    First SIGSTOP the tree, top down, so no process can start another or notice its parent dying, then list it
+    again (a child started before its parent stopped is in the second listing) and SIGKILL every process in it.
+    Returns once all of them are gone."""
+    import psutil
+
+    seen = {}
+    for _ in range(2):
+        for p in job_processes(proc):
+            if p.pid not in seen:
+                seen[p.pid] = p
+                try:
+                    p.suspend()
+                except psutil.NoSuchProcess:
+                    pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
+    for p in seen.values():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait(timeout=30)
+    _, alive = psutil.wait_procs([p for p in seen.values() if p.pid != proc.pid], timeout=30)
+    assert not alive, f"kill_job: still alive after SIGKILL: {[p.pid for p in alive]}"
 
 
 def metrics(run_dir: Path) -> list[dict]:
