@@ -60,8 +60,9 @@ class ParallelConfig:
 @dataclass
 class DeepSpeedConfig:
     zero_stage: int = 0
-    # "auto": bf16 on GPU, fp32 on CPU.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # "auto": bf16_autocast on GPU, fp32 on CPU. bf16_autocast: fp32 weights and optimizer, bf16 compute under
+    # torch.autocast. bf16: DeepSpeed's bf16 mode (bf16 weights and activations, fp32 master weights).
+    precision: Literal["auto", "fp32", "bf16", "bf16_autocast"] = "auto"
     # A user's own ds_config JSON; when set it is used as given (batch sizes are still checked).
     config_file: Optional[str] = None
 

@@ -27,12 +27,24 @@ def resolve_model_config(cfg: Config) -> None:
     cfg.model.vocab_size = tokenizer_info(cfg.data.tokenizer).vocab_size
 
 
-def use_bf16(cfg: Config, device: str) -> bool:
+def precision_mode(cfg: Config, device: str) -> str:
+    """``fp32``, ``bf16_autocast`` or ``bf16`` (``deepspeed.precision``; ``auto`` picks the first two by device).
+
+    ``bf16_autocast`` (the GPU default) keeps weights, gradients and optimizer state in fp32 and runs the forward
+    under ``torch.autocast(bfloat16)`` through DeepSpeed's ``torch_autocast`` section: the numerics of a plain
+    PyTorch AMP loop. ``bf16`` is DeepSpeed's own mode: bf16 weights and activations everywhere (LayerNorm and the
+    filter MLPs included), fp32 master weights in its optimizer wrapper. On CPU DeepSpeed has no fp16 and bf16
+    matmuls are slow, so ``auto`` is fp32 there (stack-facts §2).
+    """
     precision = cfg.deepspeed.precision
     if precision == "auto":
-        # bf16 on GPU; on CPU DeepSpeed has no fp16 and bf16 matmuls are slow, so fp32 (stack-facts §2).
-        return device.startswith("cuda")
-    return precision == "bf16"
+        return "bf16_autocast" if device.startswith("cuda") else "fp32"
+    return precision
+
+
+def input_dtype(cfg: Config, device: str) -> torch.dtype:
+    """The dtype floating-point inputs (images) are fed in: the weights' dtype."""
+    return torch.bfloat16 if precision_mode(cfg, device) == "bf16" else torch.float32
 
 
 def layer_list(model: nn.Module, num_layers: int) -> Optional[nn.ModuleList]:
@@ -129,8 +141,13 @@ def build_ds_config(cfg: Config, data_parallel_size: int, device: str, load_univ
         ds = dict(batch)
         ds["gradient_clipping"] = cfg.trainer.grad_clip
         ds["zero_optimization"] = {"stage": cfg.deepspeed.zero_stage}
-        if use_bf16(cfg, device):
+        mode = precision_mode(cfg, device)
+        if mode == "bf16":
             ds["bf16"] = {"enabled": True}
+        elif mode == "bf16_autocast":
+            # An empty list of "lower precision safe" modules keeps every gradient, and its reduction, in fp32
+            # (DeepSpeed's default would all-reduce Linear/Conv gradients in bf16).
+            ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
         # m2dist logs its own metrics; DeepSpeed's per-step prints would interleave with them.
         ds["steps_per_print"] = 1 << 30
         ds["wall_clock_breakdown"] = False

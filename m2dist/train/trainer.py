@@ -38,7 +38,7 @@ class Trainer:
         from m2dist.checkpoint import CheckpointManager
         from m2dist.checkpoint.manager import Layout
         from m2dist.parallel import init_groups
-        from m2dist.train.engine import build_engine, gradient_accumulation_steps, resolve_model_config, use_bf16
+        from m2dist.train.engine import build_engine, gradient_accumulation_steps, input_dtype, resolve_model_config
         from m2dist.train.metrics import MetricsLogger, device_peak_flops
         from m2dist.train.rng import seed_all
         from m2dist.train.signals import PreemptionHandler
@@ -54,7 +54,7 @@ class Trainer:
         resolve_model_config(cfg)
         self.task = task_of(cfg)
         self.device = torch.device(self.info.device)
-        self.dtype = torch.bfloat16 if use_bf16(cfg, self.info.device) else torch.float32
+        self.dtype = input_dtype(cfg, self.info.device)
         self.gas = gradient_accumulation_steps(cfg, self.groups.data_size)
         self.config_yaml = config_to_yaml(cfg)
 
