@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from m2dist.config import Config, config_to_yaml
 from m2dist.train import PREEMPTED_MARKER, REQUEUE_EXIT_CODE
+from m2dist.train.signals import INTERRUPT_EXIT_CODE
 from m2dist.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -259,6 +260,13 @@ class Trainer:
                 last_saved = step
             if self.preemption.should_stop(self.cpu_group):
                 sig = self.preemption.received
+                if self.preemption.interrupted:  # Ctrl-C: save where we are and stop; no requeue
+                    if last_saved != step:
+                        self.save()
+                    if self.rank == 0:
+                        log.warning("interrupted (Ctrl-C during step %s): saved after step %d; exiting with code %d",
+                                    self.preemption.signal_step, step, INTERRUPT_EXIT_CODE)
+                    return INTERRUPT_EXIT_CODE
                 if self.rank == 0:
                     log.warning("preemption signal %s received during step %s; saving after step %d and exiting "
                                 "with code %d for a requeue", sig, self.preemption.signal_step, step, REQUEUE_EXIT_CODE)

@@ -24,8 +24,18 @@ def mark_session() -> str:
     return token
 
 
+# multiprocessing's helpers of this process itself (in-process data prep starts them): they end with it.
+_OWN_HELPERS = ("from multiprocessing.resource_tracker import main", "from multiprocessing.forkserver import main")
+
+
+def _parent_pid(entry: Path) -> int:
+    stat = (entry / "stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
 def session_processes(token: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process but this one whose initial environment holds ``token``."""
+    """(pid, command line) of every live process but this one (and its own multiprocessing helpers) whose initial
+    environment holds ``token``."""
     needle = f"{SESSION_ENV}={token}".encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -35,7 +45,9 @@ def session_processes(token: str) -> list[tuple[int, str]]:
             if needle not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # gone, or not ours to read
+            if _parent_pid(entry) == os.getpid() and any(h in cmd for h in _OWN_HELPERS):
+                continue
+        except (OSError, ValueError, IndexError):  # gone, or not ours to read
             continue
         found.append((int(entry.name), cmd))
     return found
