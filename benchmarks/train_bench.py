@@ -245,6 +245,12 @@ def profile_table(fn, steps: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    wall = (time.perf_counter() - t0) / steps
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):
@@ -252,7 +258,8 @@ def profile_table(fn, steps: int) -> str:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60)
+    return (f"wall {wall * 1e3:.1f} ms per step without the profiler; the table covers {steps} steps\n"
+            + prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
 
 
 def parse_variants(text: str) -> list[tuple[str, list[str]]]:
@@ -315,12 +322,18 @@ def main() -> int:
     scratch = tempfile.mkdtemp(prefix="train_bench_")
     for i, (preset, length) in enumerate(rows_spec):
         length = int(length)
-        jobs = [(f"trainer:{name}" if len(variants) > 1 else "trainer", args) for name, args in variants
+        jobs = [(f"trainer:{name}" if len(variants) > 1 else "trainer", extra + args) for name, args in variants
                 ] if "trainer" in modes else []
         if "bare" in modes:
-            jobs.append(("bare", []))
+            # One bare run per distinct set of model/trainer overrides (DeepSpeed keys do not apply to it).
+            seen = []
+            for name, args in variants:
+                own = [a for a in extra + args if not a.startswith("deepspeed.")]
+                if own not in seen:
+                    seen.append(own)
+                    jobs.append(("bare" if not own else f"bare:{name}", own))
         for mode, args in jobs:
-            row = dict(preset=preset, seq_len=length, mode=mode, overrides=extra + args if mode != "bare" else [])
+            row = dict(preset=preset, seq_len=length, mode=mode, overrides=args)
             if time.time() - start > budget:
                 row["skipped"] = "BUDGET_S"
                 results.append(row)
@@ -331,7 +344,7 @@ def main() -> int:
             fpt = flops_per_token(cfg.model, length)
             prof = profile_steps if i == 0 else 0
             try:
-                if mode == "bare":
+                if mode.startswith("bare"):
                     out = run_bare(cfg, device, prof)
                     row.update(summarize(out["times"], out["losses"], out["mem"], cfg, fpt, peak))
                 else:
@@ -365,10 +378,13 @@ def main() -> int:
 
 def compare(rows: list[dict]) -> None:
     """Per row: the trainer's speed and memory against the bare loop's, and how far its losses stray."""
-    bare = {(r["preset"], r["seq_len"]): r for r in rows if r["mode"] == "bare" and "tokens_per_s" in r}
+    def key(r):
+        return r["preset"], r["seq_len"], tuple(a for a in r["overrides"] if not a.startswith("deepspeed."))
+
+    bare = {key(r): r for r in rows if r["mode"].startswith("bare") and "tokens_per_s" in r}
     for r in rows:
-        ref = bare.get((r["preset"], r["seq_len"]))
-        if r["mode"] == "bare" or ref is None or "tokens_per_s" not in r:
+        ref = bare.get(key(r))
+        if r["mode"].startswith("bare") or ref is None or "tokens_per_s" not in r:
             continue
         r["vs_bare_tokens_per_s"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 3)
         r["vs_bare_peak_mem"] = round(r["peak_mem_gib"] / ref["peak_mem_gib"], 3)

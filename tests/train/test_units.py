@@ -34,7 +34,13 @@ def test_ds_config_from_m2dist_config(tmp_path):
     assert ds["train_batch_size"] == 64 and ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["gradient_accumulation_steps"] == 4 and ds["zero_optimization"] == {"stage": 3}
     assert ds["gradient_clipping"] == 0.5 and "bf16" not in ds  # fp32 on CPU
+    # GPU default: fp32 weights under DeepSpeed's torch autocast, every gradient reduced in fp32.
+    on_gpu = build_ds_config(cfg, 4, "cuda:0")
+    assert "bf16" not in on_gpu
+    assert on_gpu["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    cfg.deepspeed.precision = "bf16"  # DeepSpeed's own bf16 mode, on request
     assert build_ds_config(cfg, 4, "cuda:0")["bf16"] == {"enabled": True}
+    cfg.deepspeed.precision = "auto"
     with pytest.raises(ValueError, match="not a multiple"):
         gradient_accumulation_steps(cfg, 3)
     # A user's own ds_config: used as given, batch keys filled in or checked.
