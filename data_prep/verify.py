@@ -7,7 +7,6 @@ per class) are counted and compared with ``report.json``; a few samples are deco
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections import Counter
@@ -16,6 +15,7 @@ from typing import Optional
 
 from data_prep.parts import MERGED_INDEX
 from data_prep.report import REPORT_NAME
+from m2dist.data.checks import shard_problems
 
 
 def find_splits(root: Path) -> list[Path]:
@@ -25,41 +25,20 @@ def find_splits(root: Path) -> list[Path]:
                                                                 any(p.glob("part-*"))))
 
 
-def check_shard_files(split_dir: Path, index: dict) -> list[str]:
-    errors = []
-    for shard in index["shards"]:
-        # The stored form is the compressed file when there is one (the raw one appears only once read).
-        stored = shard.get("zip_data") or shard["raw_data"]
-        path = split_dir / stored["basename"]
-        if not path.is_file():
-            errors.append(f"{path}: missing")
-            continue
-        data = path.read_bytes()
-        if len(data) != stored["bytes"]:
-            errors.append(f"{path}: {len(data)} bytes, index says {stored['bytes']}")
-        for name, expected in (stored.get("hashes") or {}).items():
-            if name in hashlib.algorithms_available and hashlib.new(name, data).hexdigest() != expected:
-                errors.append(f"{path}: {name} mismatch")
-    return errors
-
-
-def verify_split(split_dir: Path, tokenizer: Optional[str], show: int) -> list[str]:
+def verify_split(split_dir: Path, sp, show: int) -> list[str]:
+    """Problems of one split; ``sp`` is the sentencepiece model to decode with, or None."""
     from streaming import StreamingDataset
 
     if not (split_dir / MERGED_INDEX).is_file():
         return [f"{split_dir}: no merged index.json (the prep run did not finish, or --strict refused it)"]
     index = json.loads((split_dir / MERGED_INDEX).read_text())
-    errors = check_shard_files(split_dir, index)
+    errors = shard_problems(split_dir, index, hashes=True)
     if errors:
         return errors
     indexed = sum(s["samples"] for s in index["shards"])
+    if indexed == 0:
+        return [f"{split_dir / MERGED_INDEX}: no samples (the prep input was empty or all bad)"]
     columns = index["shards"][0]["column_names"] if index["shards"] else []
-    sp = None
-    if tokenizer:
-        from m2dist.data.tokenizer import load_sentencepiece
-
-        sp = load_sentencepiece(str(Path(tokenizer).resolve()))
-
     ds = StreamingDataset(local=str(split_dir), shuffle=False, batch_size=1)
     tokens, lengths, per_label, sources = 0, Counter(), Counter(), Counter()
     for i in range(ds.num_samples):
@@ -119,9 +98,14 @@ def verify(root: str, tokenizer: Optional[str] = None, show: int = 2) -> int:
     if not splits:
         print(f"m2dist: error: {root}: no prepared split (a folder with {MERGED_INDEX})", file=sys.stderr)
         return 1
+    sp = None
+    if tokenizer:  # loaded first: a bad --tokenizer is one line before any shard is read
+        from m2dist.data.tokenizer import load_sentencepiece
+
+        sp = load_sentencepiece(str(Path(tokenizer).resolve()))
     errors = []
     for split_dir in splits:
-        errors += verify_split(split_dir, tokenizer, show)
+        errors += verify_split(split_dir, sp, show)
     for err in errors:
         print(f"m2dist: error: {err}", file=sys.stderr)
     print(f"verify: {len(splits)} splits, {'FAILED with ' + str(len(errors)) + ' errors' if errors else 'all ok'}")

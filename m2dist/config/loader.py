@@ -129,6 +129,11 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise _Mismatch
 
 
+def source_of(dotted: str, sources: dict[str, str]) -> str:
+    """Where a dotted key was set: a file, the command line, or (never set) the defaults."""
+    return sources.get(dotted, "the config" if not sources else "the defaults")
+
+
 def _build(cls: type, data: dict, sources: dict[str, str], prefix: str = ""):
     hints = _field_types(cls)
     kwargs = {}
@@ -209,11 +214,13 @@ def _apply_override(data: dict, item: str, sources: dict[str, str]) -> None:
         value = raw
     parts = key.split(".")
     node = data
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         nxt = node.get(part)
         if not isinstance(nxt, dict):
             nxt = {}
             node[part] = nxt
+            # A section the override creates (a typo such as 'tranier') came from the command line too.
+            sources[".".join(parts[:depth + 1])] = COMMAND_LINE
         node = nxt
     node[parts[-1]] = value
     sources[key] = COMMAND_LINE
@@ -231,12 +238,22 @@ def resolve_dict(path: str | Path | None, overrides: Iterable[str] = ()) -> tupl
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Load ``path`` (following ``extends``), apply ``key=value`` overrides, validate, return a Config."""
     data, sources = resolve_dict(path, overrides)
-    return _build(Config, data, sources)
+    return _validated(_build(Config, data, sources), sources)
 
 
 def config_from_dict(data: dict) -> Config:
     """Rebuild a Config from :func:`config_to_dict` output (e.g. the copy saved in a checkpoint)."""
-    return _build(Config, data, {})
+    return _validated(_build(Config, data, {}), {})
+
+
+def _validated(cfg: Config, sources: dict[str, str]) -> Config:
+    from m2dist.config.validate import problems
+
+    found = problems(cfg, sources)
+    if found:
+        more = f" (and {len(found) - 1} more: {'; '.join(found[1:])})" if len(found) > 1 else ""
+        raise ConfigError(found[0] + more)
+    return cfg
 
 
 def config_to_dict(cfg) -> dict:

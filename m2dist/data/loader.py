@@ -91,9 +91,10 @@ def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len:
         raise ConfigError("data.path is empty: point it at an `m2dist prep` output directory")
     local = Path(data_config.path) / split
     remote = f"{data_config.remote.rstrip('/')}/{split}" if data_config.remote else None
-    if remote is None and not (local / "index.json").is_file():
-        raise ConfigError(f"{local}/index.json: missing (prepare the split with `m2dist prep ... --split {split}`, "
-                          f"or it did not finish)")
+    if remote is None:
+        from m2dist.data.checks import check_split
+
+        num_samples = check_split(local, f"data.path + split {split!r}")
     _, world_size = _world()
     if tensor_parallel_size < 1 or world_size % tensor_parallel_size:
         raise ConfigError(f"tensor_parallel_size {tensor_parallel_size} does not divide the world size {world_size}")
@@ -102,10 +103,7 @@ def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len:
                   data_config.shuffle), shuffle_seed=data_config.shuffle_seed, partition_algo="orig",
                   replication=tensor_parallel_size if tensor_parallel_size > 1 else None)
     if num_canonical_nodes is None and remote is None:
-        import json
-
-        index = json.loads((local / "index.json").read_text())
-        num_canonical_nodes = default_canonical_nodes(sum(s["samples"] for s in index["shards"]))
+        num_canonical_nodes = default_canonical_nodes(num_samples)
     common["num_canonical_nodes"] = num_canonical_nodes or MAX_CANONICAL_NODES
 
     if kind in ("causal_lm", "mlm"):
@@ -114,7 +112,8 @@ def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len:
         if not data_config.tokenizer:
             raise ConfigError("data.tokenizer is empty: LM data needs the sentencepiece model it was prepared with")
         if not Path(data_config.tokenizer).is_file():
-            raise ConfigError(f"{data_config.tokenizer}: data.tokenizer does not exist")
+            raise ConfigError(f"{data_config.tokenizer}: data.tokenizer does not exist (train one with "
+                              f"`m2dist tokenizer train`)")
         info = tokenizer_info(str(Path(data_config.tokenizer).resolve()))
         dataset = TokenDataset(kind=kind, seq_len=seq_len, tokenizer=info,
                                mlm_probability=data_config.mlm_probability, seed=seed, **common)

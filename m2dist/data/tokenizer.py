@@ -29,9 +29,19 @@ class TokenizerInfo:
 
 @lru_cache(maxsize=8)
 def load_sentencepiece(model_path: str):
+    """The sentencepiece model at ``model_path``; a missing or unreadable file is one ConfigError line naming it."""
+    import os
+
     import sentencepiece as spm
 
-    return spm.SentencePieceProcessor(model_file=str(model_path))
+    from m2dist.config.loader import ConfigError
+
+    if not os.path.isfile(model_path):
+        raise ConfigError(f"{model_path}: no such tokenizer model (train one with `m2dist tokenizer train`)")
+    try:
+        return spm.SentencePieceProcessor(model_file=str(model_path))
+    except (RuntimeError, OSError) as exc:
+        raise ConfigError(f"{model_path}: not a sentencepiece model ({str(exc).splitlines()[0]})") from None
 
 
 @lru_cache(maxsize=8)

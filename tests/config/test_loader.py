@@ -105,3 +105,52 @@ def test_round_trip_through_dict():
     cfg = load_config(None, ["trainer.max_steps=5", "optimizer.filter_lr=1e-5"])
     again = config_from_dict(config_to_dict(cfg))
     assert again == cfg
+
+
+@pytest.mark.parametrize("override", ["tranier.max_steps=5", "tranier.a.b=1"])
+def test_unknown_section_from_the_command_line_says_so(tmp_path, override):
+    # Issue 14.10: a mistyped section given on the command line was reported as coming "from the config".
+    path = write(tmp_path / "a.yaml", "trainer:\n  max_steps: 7\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [override])
+    msg = str(err.value)
+    assert "'tranier'" in msg and "(from the command line)" in msg and "did you mean 'trainer'" in msg, msg
+
+
+def test_unknown_section_in_a_file_names_the_file(tmp_path):
+    path = write(tmp_path / "a.yaml", "tranier:\n  max_steps: 7\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["trainer.seed=3"])
+    assert f"'tranier' (from {path})" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, allowed",
+    [("deepspeed.zero_stage=7", "one of 0, 1, 2, 3"), ("deepspeed.zero_stage=-1", "one of 0, 1, 2, 3"),
+     ("parallel.tensor=0", "at least 1"), ("trainer.micro_batch_size=0", "at least 1"),
+     ("trainer.global_batch_size=6", "a multiple of trainer.micro_batch_size=4"),
+     ("optimizer.lr=0", "positive"), ("schedule.min_lr_ratio=1.5", "in [0.0, 1.0]"),
+     ("data.mlm_probability=1.0", "in (0.0, 1.0)"), ("optimizer.betas=[0.9,1.0]", "two values in [0, 1)"),
+     ("checkpoint.every=-5", "at least 0"), ("model.num_layers=0", "at least 1")],
+)
+def test_values_out_of_range_fail_at_load(override, allowed):
+    # Issue 14.5: deepspeed.zero_stage=7 was accepted, then failed inside DeepSpeed with a pydantic traceback.
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    msg = str(err.value)
+    key = override.split("=")[0]
+    assert f"config key '{key}' (from the command line) must be {allowed}" in msg and "\n" not in msg, msg
+
+
+def test_out_of_range_value_in_a_file_names_the_file(tmp_path):
+    path = write(tmp_path / "a.yaml", "deepspeed:\n  zero_stage: 4\n")
+    with pytest.raises(ConfigError, match=rf"'deepspeed.zero_stage' \(from {path}\) must be one of"):
+        load_config(path)
+
+
+def test_every_range_rule_names_a_real_key():
+    from m2dist.config.validate import RULES, _get
+
+    cfg = Config()
+    for key in RULES:
+        _get(cfg, key)  # AttributeError if a rule names a key that does not exist

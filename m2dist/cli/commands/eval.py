@@ -18,6 +18,10 @@ def _eval(args) -> int:
     from m2dist.train.evaluate import evaluate
     from m2dist.train.tasks import task_of
 
+    from m2dist.config.loader import ConfigError
+
+    if not os.path.exists(args.model):
+        raise ConfigError(f"{args.model}: no such checkpoint directory or exported .safetensors file")
     if os.path.isdir(args.model):
         from m2dist.checkpoint.export import _load_config_from_checkpoint, consolidated_state_dict
         from m2dist.models import build_model

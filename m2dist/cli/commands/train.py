@@ -10,6 +10,9 @@ def _train(args) -> int:
     from m2dist.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    from m2dist.cli.preflight import check_run
+
+    check_run(cfg)  # everything the run needs, before any work
     from m2dist.train.trainer import train
 
     return train(cfg)

@@ -1,0 +1,98 @@
+"""Ranges and choices of config values, checked when a config loads (types are checked by the loader).
+
+A value out of range fails here in one line, naming the key, where it came from and what is allowed, instead of
+deep inside DeepSpeed or the first training step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from m2dist.config.schema import Config
+
+
+def _get(cfg: Config, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _at_least(low):
+    return (lambda v: v >= low), f"at least {low}"
+
+
+def _positive():
+    return (lambda v: v > 0), "positive"
+
+
+def _between(low, high, *, high_open=False, low_open=False):
+    def ok(v):
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+    return ok, f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def _one_of(*choices):
+    # Exact type as well: YAML's `true` is not stage 1.
+    return (lambda v: type(v) is type(choices[0]) and v in choices), "one of " + ", ".join(map(str, choices))
+
+
+RULES: dict[str, tuple[Callable, str]] = {
+    "deepspeed.zero_stage": _one_of(0, 1, 2, 3),
+    "parallel.tensor": _at_least(1),
+    "trainer.max_steps": _at_least(0),
+    "trainer.global_batch_size": _at_least(1),
+    "trainer.micro_batch_size": _at_least(1),
+    "trainer.grad_clip": _at_least(0.0),
+    "trainer.eval_every": _at_least(0),
+    "trainer.eval_steps": _at_least(0),
+    "optimizer.lr": _positive(),
+    "optimizer.weight_decay": _at_least(0.0),
+    "optimizer.eps": _positive(),
+    "optimizer.filter_weight_decay": _at_least(0.0),
+    "schedule.warmup_steps": _at_least(0),
+    "schedule.min_lr_ratio": _between(0.0, 1.0),
+    "data.mlm_probability": _between(0.0, 1.0, low_open=True, high_open=True),
+    "data.num_workers": _at_least(0),
+    "checkpoint.every": _at_least(0),
+    "checkpoint.keep_last": _at_least(0),
+    "logging.every": _at_least(0),
+    "model.vocab_size": _at_least(0),
+    "model.max_seq_len": _at_least(1),
+    "model.hidden_size": _at_least(1),
+    "model.num_layers": _at_least(1),
+    "model.intermediate_size": _at_least(1),
+    "model.nblocks": _at_least(1),
+    "model.num_heads": _at_least(1),
+    "model.image_size": _at_least(1),
+    "model.patch_size": _at_least(1),
+    "model.num_classes": _at_least(1),
+    "model.dropout": _between(0.0, 1.0, high_open=True),
+}
+
+
+def problems(cfg: Config, sources: dict[str, str]) -> list[str]:
+    """One line per value out of range, in RULES order (empty when all are fine)."""
+    from m2dist.config.loader import source_of
+
+    out = []
+
+    def bad(key: str, value, allowed: str) -> None:
+        out.append(f"config key '{key}' (from {source_of(key, sources)}) must be {allowed}, got {value!r}")
+
+    for key, (ok, allowed) in RULES.items():
+        value = _get(cfg, key)
+        if not ok(value):
+            bad(key, value, allowed)
+    if cfg.optimizer.filter_lr is not None and not cfg.optimizer.filter_lr > 0:
+        bad("optimizer.filter_lr", cfg.optimizer.filter_lr, "positive or null")
+    for i, beta in enumerate(cfg.optimizer.betas):
+        if not 0.0 <= beta < 1.0:
+            bad("optimizer.betas", list(cfg.optimizer.betas), f"two values in [0, 1) (betas[{i}] is not)")
+            break
+    t = cfg.trainer
+    if t.micro_batch_size >= 1 and t.global_batch_size >= 1 and t.global_batch_size % t.micro_batch_size:
+        bad("trainer.global_batch_size", t.global_batch_size,
+            f"a multiple of trainer.micro_batch_size={t.micro_batch_size}")
+    return out
