@@ -19,7 +19,8 @@ characters) as Pile-style ``.jsonl.zst``, ``m2dist tokenizer train`` (8192 piece
 (packed) per sequence length. The model's vocabulary is set to the paper's sizes (50304 GPT, 30528 BERT).
 
 Knobs (environment): ``ROWS`` (comma list of ``preset@L``; default the ten rows below), ``TOKENS`` (per step,
-32768), ``STEPS`` (timed steps, 15), ``WARMUP`` (5), ``MODES`` (``trainer,bare``), ``VARIANTS`` (trainer variants:
+32768), ``STEPS`` (timed steps, 15), ``WARMUP`` (5; also the
+steps between host syncs, as the trainer's ``logging.every``: times are interval means), ``MODES`` (``trainer,bare``), ``VARIANTS`` (trainer variants:
 ``name:key=value,key=value;name2:...``; default one variant ``default`` with no overrides), ``TRAINER_ARGS``
 (overrides added to every trainer run), ``BUDGET_S`` (start no row after this many seconds), ``PROFILE`` (N: also
 profile N trainer steps and N bare steps of the first row; prints the top CUDA ops), ``RESULT_NAME``,
@@ -142,18 +143,22 @@ def row_config(preset: str, length: int, data: str, tok: str, run_dir: str, over
         f"data.path={data}/L{length}", f"data.tokenizer={tok}", f"trainer.global_batch_size={batch}",
         f"trainer.micro_batch_size={batch}", f"trainer.max_steps={steps}", "trainer.eval_every=0",
         "trainer.resume=none", "checkpoint.every=0", f"checkpoint.dir={run_dir}/checkpoints",
-        f"trainer.run_dir={run_dir}", "logging.every=1", "schedule.warmup_steps=5", *overrides])
+        f"trainer.run_dir={run_dir}", f"logging.every={interval()}", "schedule.warmup_steps=5", *overrides])
+
+
+def interval() -> int:
+    """Steps between host syncs, as in the trainer's logging interval: the first interval is the warm-up."""
+    return env_int("WARMUP", 5)
 
 
 def summarize(step_times: list[float], losses: list[float], mem_gib: float, cfg, fpt: float, peak) -> dict:
-    warm = env_int("WARMUP", 5)
-    timed = step_times[warm:] or step_times
-    dt = statistics.median(timed)
+    """``step_times``: the mean step time of each interval; the first (the warm-up) is left out."""
+    dt = statistics.median(step_times[1:] or step_times)
     tokens = cfg.trainer.global_batch_size * cfg.model.max_seq_len
     tok_s = tokens / dt
     return dict(step_ms=round(dt * 1e3, 2), tokens_per_s=round(tok_s), mfu=None if peak is None else
                 round(3 * fpt * tok_s / peak, 4), peak_mem_gib=round(mem_gib, 2), losses=[round(x, 5) for x in losses],
-                step_ms_all=[round(t * 1e3, 2) for t in step_times])
+                interval_step_ms=[round(t * 1e3, 2) for t in step_times])
 
 
 def run_trainer(cfg, profile_steps: int = 0) -> dict:
@@ -211,7 +216,7 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
     task = task_of(cfg)
     on_gpu = device.type == "cuda"
 
-    def step(batch) -> float:
+    def step(batch) -> "torch.Tensor":
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
             logits, labels = forward(model, batch, task, torch.float32, device)
         count = (labels != IGNORE_INDEX).sum().clamp(min=1)
@@ -221,17 +226,27 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)  # a host sync per step, as the trainer's logged loss
+        return loss.detach()
+
+    def sync():
+        if on_gpu:
+            torch.cuda.synchronize()
 
     model.train()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    times, losses = [], []
-    for batch in batches:
-        t0 = time.perf_counter()
-        losses.append(step(batch))
-        times.append(time.perf_counter() - t0)
-    profile = profile_table(lambda: step(batches[-1]), profile_steps) if profile_steps else None
+    # Synced every interval() steps, like the trainer's logged steps: the loss read there is the one compared.
+    times, losses, k = [], [], interval()
+    sync()
+    t0 = time.perf_counter()
+    for i, batch in enumerate(batches, 1):
+        loss = step(batch)
+        if i % k == 0 or i == len(batches):
+            losses.append(float(loss))
+            now = time.perf_counter()
+            times.append((now - t0) / (k if i % k == 0 else i % k))
+            t0 = now
+    profile = profile_table(lambda: float(step(batches[-1])), profile_steps) if profile_steps else None
     mem = memory_gib(str(device))
     del model, optimizer, batches
     gc.collect()
@@ -250,6 +265,8 @@ def profile_table(fn, steps: int) -> str:
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / steps
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof:
@@ -364,7 +381,7 @@ def main() -> int:
             row["tokens_per_step"] = cfg.trainer.global_batch_size * length
             row["fwd_gflops_per_token"] = round(fpt / 1e9, 4)
             results.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "step_ms_all")}), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "interval_step_ms")}), flush=True)
     compare(results)
     name = os.environ.get("RESULT_NAME", "train_bench.json")
     save(name, dict(env=env_info(), tokens_per_step=env_int("TOKENS", 32768), warmup=env_int("WARMUP", 5),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -24,13 +23,6 @@ log = get_logger(__name__)
 # Test hook for "kill -9 the whole job": after this step (and its checkpoint) every rank stops making progress and
 # rank 0 writes <run_dir>/PAUSED, so a test can SIGKILL the job at a known point. Unused in production.
 PAUSE_ENV = "M2DIST_TEST_PAUSE_AFTER_STEP"
-
-
-def _grad_norm(engine) -> Optional[float]:
-    norm = engine.get_global_grad_norm()
-    if norm is None:
-        return None
-    return float(norm.item() if torch.is_tensor(norm) else norm)
 
 
 class Trainer:
@@ -165,8 +157,7 @@ class Trainer:
             self._sample_log.write(json.dumps({"step": self.state.step, "ids": mine}) + "\n")
 
     def train_step(self) -> dict:
-        t0 = time.perf_counter()
-        from m2dist.train.tasks import IGNORE_INDEX, forward, training_loss_sum
+        from m2dist.train.tasks import IGNORE_INDEX, forward, to_device, training_loss_sum
 
         lr = self.engine.get_lr()[0]  # the rate this step uses (the schedule advances inside engine.step)
         grad_norm = None
@@ -175,8 +166,9 @@ class Trainer:
         # global normalisation makes the step independent of how the batch is split over ranks and micro-steps.
         # So the step's micro-batches are read first and their targets counted over the data-parallel group.
         batches = [self._next_batch() for _ in range(self.gas)]
-        count = torch.tensor([float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches))],
-                             device=self.device)
+        # Counted on the host and moved without a stream sync (torch.tensor(..., device=cuda) would wait for the GPU).
+        count = to_device(torch.tensor([float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches))]),
+                          self.device)
         dp_group = self.groups.data_group if self.groups.tensor_size > 1 else None
         if dist.is_initialized() and dist.get_world_size(dp_group) > 1:
             dist.all_reduce(count, group=dp_group)
@@ -203,22 +195,29 @@ class Trainer:
             self._log_sample_ids(ids)
         if dist.is_initialized() and dist.get_world_size(dp_group) > 1:
             dist.all_reduce(loss_sum, group=dp_group)
-        loss = float(loss_sum / count[0])
-        dt = time.perf_counter() - t0
-        tokens_per_s = self.cfg.trainer.global_batch_size * self.tokens_per_sample / dt
-        from m2dist.train.metrics import memory_gib
-
+        # Loss and grad norm stay on the device: reading them syncs the host with the GPU, so that happens only for
+        # the steps that are logged (``finish_record``), and the host queues the next step while this one runs.
         return {
             "step": self.state.step,
-            "loss": loss,
+            "loss": loss_sum / count[0],
             "lr": lr,
-            "grad_norm": grad_norm if self._own_grad_norm else _grad_norm(self.engine),
-            "tokens_per_s": tokens_per_s,
-            "mfu": None if self.mfu_denominator is None else tokens_per_s / self.mfu_denominator,
-            "mem_gib": memory_gib(self.info.device),
+            "grad_norm": grad_norm if self._own_grad_norm else self.engine.get_global_grad_norm(),
             "consumed_samples": self.state.consumed_samples,
-            "step_time_s": dt,
         }
+
+    def finish_record(self, record: dict, steps: int, since: float) -> dict:
+        """A step's record as logged: device values read (a host sync), speed over the ``steps`` steps since the
+        ``since`` clock reading (the mean step time of the interval: steps between syncs cannot be told apart)."""
+        from m2dist.train.metrics import memory_gib
+
+        record["loss"] = float(record["loss"])
+        norm = record["grad_norm"]
+        record["grad_norm"] = None if norm is None else float(norm.item() if torch.is_tensor(norm) else norm)
+        dt = (time.perf_counter() - since) / max(steps, 1)
+        tokens_per_s = self.cfg.trainer.global_batch_size * self.tokens_per_sample / dt
+        record.update(tokens_per_s=tokens_per_s, step_time_s=dt, mem_gib=memory_gib(self.info.device),
+                      mfu=None if self.mfu_denominator is None else tokens_per_s / self.mfu_denominator)
+        return record
 
     @property
     def _own_grad_norm(self) -> bool:
@@ -226,7 +225,7 @@ class Trainer:
         # drops the norm), so we compute it then: after the boundary backward has all-reduced the gradients.
         return self.cfg.deepspeed.zero_stage == 0 and self.dtype == torch.float32
 
-    def _fp32_grad_norm(self) -> float:
+    def _fp32_grad_norm(self) -> torch.Tensor:
         from deepspeed.runtime.utils import get_flattened_grad_norm
 
         # The norm is summed over the tensor group: count a replicated parameter on tensor rank 0 only, a sharded
@@ -234,8 +233,7 @@ class Trainer:
         tp_rank0 = self.groups.tensor_rank == 0
         params = [p for p in self.model.parameters()
                   if p.grad is not None and (tp_rank0 or getattr(p, "tensor_model_parallel", False))]
-        norm = get_flattened_grad_norm(params, mpu=self.engine.mpu)
-        return float(norm.item() if torch.is_tensor(norm) else norm)
+        return get_flattened_grad_norm(params, mpu=self.engine.mpu)
 
     def fit(self) -> int:
         t = self.cfg.trainer
@@ -246,18 +244,26 @@ class Trainer:
         self.metrics.start(self.state.step)
         last_saved = self.state.step if self.plan is not None else -1
         last_eval = -1
+        since, steps_since = time.perf_counter(), 0  # the speed interval: reset after every host sync
         while self.state.step < t.max_steps:
             self.preemption.current_step = self.state.step + 1
             record = self.train_step()
             step = self.state.step
+            steps_since += 1
             if every_log > 0 and (step % every_log == 0 or step == t.max_steps):
-                self.metrics.log(record)
+                self.metrics.log(self.finish_record(record, steps_since, since))
+                since, steps_since = time.perf_counter(), 0
             if every_eval > 0 and step % every_eval == 0:
                 self.evaluate()
                 last_eval = step
             if every_ckpt > 0 and step % every_ckpt == 0:
                 self.save()
                 last_saved = step
+            if (every_eval > 0 and step % every_eval == 0) or (every_ckpt > 0 and step % every_ckpt == 0):
+                # Evaluation and saving are not training time: the next interval starts after them.
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                since, steps_since = time.perf_counter(), 0
             if self.preemption.should_stop(self.cpu_group):
                 sig = self.preemption.received
                 if self.preemption.interrupted:  # Ctrl-C: save where we are and stop; no requeue
