@@ -39,7 +39,10 @@ def verify_split(split_dir: Path, sp, show: int) -> list[str]:
     if indexed == 0:
         return [f"{split_dir / MERGED_INDEX}: no samples (the prep input was empty or all bad)"]
     columns = index["shards"][0]["column_names"] if index["shards"] else []
-    ds = StreamingDataset(local=str(split_dir), shuffle=False, batch_size=1)
+    from m2dist.data.shm import registering_prefix
+
+    with registering_prefix():  # another job on this host may be taking a streaming prefix
+        ds = StreamingDataset(local=str(split_dir), shuffle=False, batch_size=1)
     tokens, lengths, per_label, sources = 0, Counter(), Counter(), Counter()
     for i in range(ds.num_samples):
         sample = ds[i]

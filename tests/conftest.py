@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import socket
 import sys
@@ -27,22 +26,13 @@ if os.environ.get("M2DIST_GPU_TESTS") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _clean_streaming_leftovers() -> None:
-    # streaming leaks these after kill -9 and never removes its /tmp filelocks (stack-facts §5);
-    # a stale prefix can make a later StreamingDataset refuse its local directory.
-    for path in glob.glob("/dev/shm/[0-9][0-9][0-9][0-9][0-9][0-9]_*") + glob.glob(
-        "/tmp/[0-9][0-9][0-9][0-9][0-9][0-9]_*_filelock"
-    ):
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-
-
 def pytest_sessionstart(session) -> None:
-    # Only where this suite is alone on the machine (CI): on a shared dev box the segments may be live.
-    if os.environ.get("CI"):
-        _clean_streaming_leftovers()
+    # Streaming's leftovers of killed jobs (its /dev/shm segments and /tmp filelocks, stack-facts §5): only those of
+    # dead jobs, so this is safe on a shared dev box too (m2dist/data/shm.py; the trainer and prep do the same).
+    from m2dist.data.shm import clean_stale, host_lock
+
+    with host_lock():
+        clean_stale()
 
 
 @pytest.fixture

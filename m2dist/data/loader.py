@@ -79,7 +79,10 @@ def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len:
     """
     from streaming import StreamingDataLoader
 
+    import functools
+
     from m2dist.data.datasets import ImageDataset, TokenDataset
+    from m2dist.data.shm import registering_prefix
     from m2dist.data.samples import collate_samples
     from m2dist.data.tokenizer import tokenizer_info
 
@@ -115,12 +118,15 @@ def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len:
             raise ConfigError(f"{data_config.tokenizer}: data.tokenizer does not exist (train one with "
                               f"`m2dist tokenizer train`)")
         info = tokenizer_info(str(Path(data_config.tokenizer).resolve()))
-        dataset = TokenDataset(kind=kind, seq_len=seq_len, tokenizer=info,
-                               mlm_probability=data_config.mlm_probability, seed=seed, **common)
+        make = functools.partial(TokenDataset, kind=kind, seq_len=seq_len, tokenizer=info,
+                                 mlm_probability=data_config.mlm_probability, seed=seed, **common)
     elif kind == "image":
-        dataset = ImageDataset(image_size=image_size, train=train, seed=seed, **common)
+        make = functools.partial(ImageDataset, image_size=image_size, train=train, seed=seed, **common)
     else:
         raise ConfigError(f"data.kind {kind!r} is not one of causal_lm, mlm, image")
+    # Another job on this host may be taking its streaming prefix right now (m2dist/data/shm.py).
+    with registering_prefix():
+        dataset = make()
 
     workers = data_config.num_workers
     # drop_last=False: a dropped final batch would skip samples of the global order; instead the last batch

@@ -33,7 +33,10 @@ def prepared(tmp_path_factory) -> dict:
 def _stored(path: str) -> list[dict]:
     from streaming import StreamingDataset
 
-    ds = StreamingDataset(local=path, shuffle=False, batch_size=1)
+    from m2dist.data.shm import registering_prefix
+
+    with registering_prefix():  # other jobs on this host may be taking streaming prefixes
+        ds = StreamingDataset(local=path, shuffle=False, batch_size=1)
     return [ds[i] for i in range(ds.num_samples)]
 
 

@@ -41,7 +41,10 @@ def tokenizer(tmp_path_factory) -> str:
 def _read_split(split_dir: Path) -> list[dict]:
     from streaming import StreamingDataset
 
-    ds = StreamingDataset(local=str(split_dir), shuffle=False, batch_size=1)
+    from m2dist.data.shm import registering_prefix
+
+    with registering_prefix():  # other jobs on this host may be taking streaming prefixes
+        ds = StreamingDataset(local=str(split_dir), shuffle=False, batch_size=1)
     return [ds[i] for i in range(ds.num_samples)]
 
 
