@@ -222,7 +222,8 @@ def _run_pool(split_dir: Path, todo: Sequence[Part], part_fn: PartFunction, work
 
 
 def merge_parts(split_dir: Path, parts: Sequence[Part]) -> int:
-    """Write ``split_dir/index.json`` over every part's shards (streaming's ``merge_index``); return #samples."""
+    """Write ``split_dir/index.json`` over every part's shards (streaming's ``merge_index``); return #samples.
+    With no sample at all, write no index (and remove an earlier one)."""
     from streaming.base.util import merge_index
 
     index_files = []
@@ -235,10 +236,10 @@ def merge_parts(split_dir: Path, parts: Sequence[Part]) -> int:
     # merge_index warns about its temporary folder and the non-empty output folder: not news to the user.
     logging.disable(logging.WARNING)
     try:
-        if index_files:
+        if num_samples:
             merge_index(index_files, str(split_dir), keep_local=True)
-        else:
-            (split_dir / MERGED_INDEX).write_text(json.dumps({"version": 2, "shards": []}))
+        else:  # no sample: no index (and none left from an earlier run), so nothing reads this as a dataset
+            (split_dir / MERGED_INDEX).unlink(missing_ok=True)
     finally:
         logging.disable(logging.NOTSET)
     return num_samples

@@ -17,8 +17,9 @@ REPORT_NAME = "report.json"
 
 
 def build_report(settings: dict, results: Sequence[dict], parts_reused: int,
-                 listing_skips: Sequence[dict] = ()) -> dict:
-    """``listing_skips``: inputs rejected before any part ran (e.g. images without a label)."""
+                 listing_skips: Sequence[dict] = (), ignored_files: Sequence[str] = ()) -> dict:
+    """``listing_skips``: inputs rejected before any part ran (e.g. images without a label); ``ignored_files``:
+    files of other types in the input folders, not read (reported, not counted as bad input)."""
     totals: Counter = Counter({"skipped": len(listing_skips)})
     by_subset: Counter = Counter()
     files, skipped = [], list(listing_skips)
@@ -39,6 +40,7 @@ def build_report(settings: dict, results: Sequence[dict], parts_reused: int,
         "broken_files": broken,
         "empty_files": [f["file"] for f in files if f.get("empty")],
         "filtered_by_subset": dict(by_subset),
+        "ignored_files": list(ignored_files),
         "files": files,
     }
 
@@ -77,15 +79,20 @@ def print_summary(split_dir: Path, report: dict, num_samples: int | None) -> Non
         lines.append(f"  merged index: {num_samples:,} samples")
     for problem in problems(report):
         lines.append(f"  problem: {problem}")
+    ignored = report.get("ignored_files") or []
+    if ignored:
+        lines.append(f"  ignored: {len(ignored)} files of other types in the input folders (first: {ignored[0]})")
     if problems(report):
         lines.append(f"  details: {split_dir / REPORT_NAME}")
     print("\n".join(lines), file=sys.stderr)
 
 
 def finish_split(split_dir: Path, parts, results: Sequence[dict], parts_reused: int, *, settings: dict,
-                 strict: bool, merge: Callable, listing_skips: Sequence[dict] = ()) -> int:
-    """Write the report; merge the parts' indexes unless ``--strict`` found bad input. Returns the exit code."""
-    report = build_report(settings, results, parts_reused, listing_skips)
+                 strict: bool, merge: Callable, listing_skips: Sequence[dict] = (),
+                 ignored_files: Sequence[str] = ()) -> int:
+    """Write the report; merge the parts' indexes unless ``--strict`` found bad input, or no input gave a sample
+    (then no index.json either: nothing that looks like a dataset). Returns the exit code."""
+    report = build_report(settings, results, parts_reused, listing_skips, ignored_files)
     (split_dir / REPORT_NAME).write_text(json.dumps(report, indent=1))
     found = problems(report)
     if strict and found:
@@ -95,4 +102,8 @@ def finish_split(split_dir: Path, parts, results: Sequence[dict], parts_reused: 
         return 1
     num_samples = merge(split_dir, parts)
     print_summary(split_dir, report, num_samples)
+    if not num_samples:
+        print(f"m2dist: error: {split_dir}: no input gave a sample ({len(found)} kinds of bad input; see "
+              f"{split_dir / REPORT_NAME}); no index.json was written", file=sys.stderr)
+        return 1
     return 0

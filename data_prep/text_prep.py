@@ -144,7 +144,8 @@ def prep_text(fmt: str, inputs: list[str], output: str, tokenizer: str, seq_len:
         raise ConfigError(f"--seq-len must be at least 2, got {seq_len}")
     if fmt != "pile" and (subsets or exclude_subsets):
         raise ConfigError(f"--subsets/--exclude-subsets select Pile subsets (meta.pile_set_name); {fmt} has none")
-    files = expand_inputs(inputs, FORMAT_SUFFIXES[fmt], fmt)
+    ignored: list[str] = []
+    files = expand_inputs(inputs, FORMAT_SUFFIXES[fmt], fmt, ignored=ignored)
     sp = load_sentencepiece(str(Path(tokenizer).resolve()))
     settings = TextPrepSettings(
         fmt=fmt, tokenizer=str(Path(tokenizer).resolve()), tokenizer_sha256=file_sha256(tokenizer),
@@ -158,4 +159,4 @@ def prep_text(fmt: str, inputs: list[str], output: str, tokenizer: str, seq_len:
     results, reused = run_parts(split_dir, parts, functools.partial(prep_text_part, settings), workers=workers,
                                 unit="documents", rate_key="tokens", log=log)
     return finish_split(split_dir, parts, results, reused, settings=asdict(settings), strict=strict,
-                        merge=merge_parts)
+                        merge=merge_parts, ignored_files=ignored)

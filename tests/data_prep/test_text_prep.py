@@ -250,3 +250,41 @@ def test_bad_arguments_are_one_line_errors(tmp_path, tokenizer, cli, capsys):
     with pytest.raises(SystemExit):
         cli("prep", "c4", "--input", tmp_path, "--output", tmp_path / "o", "--tokenizer", tokenizer,
             "--seq-len", 8, "--subsets", "Github")
+
+
+def test_all_bad_input_fails_and_writes_no_index(tmp_path, tokenizer, cli, capsys):
+    """Issue 14.7: input that is all bad exited 0 with a 0-sample index.json, which verify and train crashed on."""
+    src = tmp_path / "in"
+    write_zst(src / "a.jsonl.zst", [b"not json", b'{"text": ""}', b'{"meta": {}}'])
+    (src / "b.jsonl.zst").write_bytes(b"")
+    out = tmp_path / "mds"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "index.json").write_text('{"version": 2, "shards": []}')  # left by an earlier run
+    assert cli("prep", "pile", "--input", src, "--output", out, "--tokenizer", tokenizer, "--seq-len", 16) == 1
+    err = capsys.readouterr().err
+    assert f"m2dist: error: {out / 'train'}: no input gave a sample" in err and "Traceback" not in err
+    assert not (out / "train" / "index.json").exists()
+    assert json.loads((out / "train" / "report.json").read_text())["totals"]["skipped"] == 3
+    # verify says so in one line per problem, no traceback.
+    assert cli("prep", "verify", out) == 1
+    assert "no merged index.json" in capsys.readouterr().err
+
+
+def test_files_of_other_types_in_an_input_folder_are_reported(tmp_path, tokenizer, cli, capsys):
+    src = tmp_path / "in"
+    make_pile(src, sizes=(30,))
+    (src / "README.txt").write_text("notes\n")
+    (src / "sub").mkdir()
+    (src / "sub" / "part.parquet").write_bytes(b"PAR1")
+    out = tmp_path / "mds"
+    assert cli("prep", "pile", "--input", src, "--output", out, "--tokenizer", tokenizer, "--seq-len", 16) == 0
+    report = json.loads((out / "train" / "report.json").read_text())
+    assert sorted(Path(f).name for f in report["ignored_files"]) == ["README.txt", "part.parquet"]
+    err = capsys.readouterr().err
+    assert "ignoring 2 files that are not pile input" in err and "ignored: 2 files of other types" in err
+    # A folder with nothing but other types names what it does hold.
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "x.parquet").write_bytes(b"PAR1")
+    assert cli("prep", "pile", "--input", tmp_path / "only", "--output", out, "--tokenizer", tokenizer,
+               "--seq-len", 16) == 2
+    assert "1 files of other types (first: x.parquet)" in capsys.readouterr().err
