@@ -46,6 +46,31 @@ def memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
+def drop_records_after(path: str, step: int) -> int:
+    """Rewrite the JSON-lines file ``path`` without the records whose ``step`` is greater than ``step`` (and
+    without a torn last line); atomic (a rename). Returns how many records were dropped."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a kill
+                dropped += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            fh.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
+
 class MetricsLogger:
     def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, max_steps: int):
         self.enabled = enabled
@@ -57,15 +82,23 @@ class MetricsLogger:
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        # Append: a resumed run continues the same file (lines of steps after the last checkpoint repeat).
-        self._file = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        # Append: a resumed run continues the same file; start() first drops what the resumed run will redo.
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._file = open(self.path, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(os.path.join(run_dir, "tb"))
 
     def start(self, step: int) -> None:
+        """The loop starts after ``step`` (0: a fresh run). Records of later steps, written by a run that went on
+        past the checkpoint this one resumed from (killed, or restarted from an older checkpoint, or a re-run from
+        scratch), are dropped: each step appears once, for the run that counts."""
         self._t0, self._step0 = time.perf_counter(), step
+        if self._file is not None:
+            self._file.close()
+            drop_records_after(self.path, step)
+            self._file = open(self.path, "a", buffering=1)
 
     def eta(self, step: int) -> str:
         if self._t0 is None or step <= self._step0:

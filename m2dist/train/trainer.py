@@ -89,6 +89,10 @@ class Trainer:
         self.mfu_denominator = None if peak is None else peak * self.info.world_size / (3 * fpt)
         self.metrics = MetricsLogger(t.run_dir, self.rank == 0, cfg.logging.tensorboard, t.max_steps)
         self.preemption = PreemptionHandler()
+        if cfg.logging.sample_ids and self.rank == 0:  # as metrics.jsonl: each step once, for the run that counts
+            from m2dist.train.metrics import drop_records_after
+
+            drop_records_after(os.path.join(t.run_dir, "sample_ids.jsonl"), self.state.step)
         self._sample_log = open(os.path.join(t.run_dir, "sample_ids.jsonl"), "a", buffering=1) \
             if (cfg.logging.sample_ids and self.rank == 0) else None
 

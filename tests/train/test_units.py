@@ -71,3 +71,34 @@ def test_activation_checkpointing_keeps_names_and_gradients():
         m(ids).float().pow(2).mean().backward()
     for (n, a), (_, b) in zip(plain.named_parameters(), wrapped.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=n)
+
+
+def _steps(path):
+    return [(r["step"], "eval_loss" in r) for r in map(json.loads, path.read_text().splitlines())]
+
+
+def test_metrics_jsonl_keeps_each_step_once_across_restarts(tmp_path):
+    """Issue 14.8: a run killed at step 12 and resumed from its step-10 checkpoint, then restarted from an older
+    (step-5) checkpoint, then re-run from scratch, left steps 5, 10, 10, 10, 5, 10, 12 in metrics.jsonl."""
+    from m2dist.train.metrics import MetricsLogger
+
+    def run(start, stop, evals=()):
+        logger = MetricsLogger(str(tmp_path), True, False, 20)
+        logger.start(start)
+        for step in range(start + 1, stop + 1):
+            logger.log({"step": step, "loss": 1.0 / step, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 1.0,
+                        "mfu": None, "mem_gib": 0.1}, console=False)
+            if step in evals:
+                logger.log({"step": step, "eval_loss": 2.0}, console=False)
+        logger.close()
+
+    path = tmp_path / "metrics.jsonl"
+    run(0, 12, evals=(10,))
+    with open(path, "a") as fh:
+        fh.write('{"step": 13, "lo')  # torn by the kill
+    run(10, 14)  # resumed from step 10: 11 and 12 are redone, the torn line goes
+    assert _steps(path) == [(s, False) for s in range(1, 11)] + [(10, True)] + [(s, False) for s in (11, 12, 13, 14)]
+    run(5, 7)  # restarted from an older checkpoint (a fallback past a torn one)
+    assert _steps(path) == [(s, False) for s in range(1, 8)]
+    run(0, 3)  # a re-run from scratch in the same run dir
+    assert _steps(path) == [(1, False), (2, False), (3, False)]
