@@ -79,19 +79,21 @@ class ProgressBars:
     def __init__(self, total_parts: int, done_parts: int, unit: str, rate_key: str):
         from tqdm import tqdm
 
-        self.parts = tqdm(total=total_parts, initial=done_parts, desc="parts", unit="part", position=0)
-        self.units = tqdm(desc=unit, unit=unit[:-1] if unit.endswith("s") else unit, position=1)
-        self.rate_key = rate_key
+        # disable=None: no bars when stderr is not a terminal (a log file would fill with \r and escape codes);
+        # the summary at the end says what was done.
+        self.parts = tqdm(total=total_parts, initial=done_parts, desc="parts", unit="part", position=0, disable=None)
+        self.units = tqdm(desc=unit, unit=unit[:-1] if unit.endswith("s") else unit, position=1, disable=None)
+        self.unit, self.rate_key = unit, rate_key  # (a disabled bar keeps no desc)
         self.rate_total = 0
         self.start = time.monotonic()
         self.lock = threading.Lock()
 
     def add(self, counts: dict) -> None:
         with self.lock:
-            self.units.update(counts.get(self.units.desc, 0))
+            self.units.update(counts.get(self.unit, 0))
             self.rate_total += counts.get(self.rate_key, 0)
             elapsed = max(time.monotonic() - self.start, 1e-9)
-            if self.rate_key != self.units.desc:
+            if self.rate_key != self.unit:
                 self.units.set_postfix_str(f"{self.rate_total / elapsed:,.0f} {self.rate_key}/s", refresh=False)
 
     def part_done(self) -> None:
