@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import io
 import inspect
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -69,20 +71,34 @@ def _module_documents(name: str, add) -> None:
                     add(name, vars(obj)[meth])
 
 
+def _put(path: Path, data: bytes) -> None:
+    """Write ``data`` unless the file already holds exactly it: an unchanged file keeps its modification time, which
+    prep's part keys include, so re-running the quickstart reuses the MDS parts made from it."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def _write_zst_jsonl(path: Path, records: list[dict]) -> None:
     import zstandard
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(r) + "\n" for r in records).encode()
-    path.write_bytes(zstandard.ZstdCompressor(level=3).compress(data))
+    _put(path, zstandard.ZstdCompressor(level=3).compress(data))
 
 
 def _write_gz_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(r) + "\n" for r in records).encode()
     # mtime=0: the gzip header would otherwise carry the time of the run.
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-        gz.write(data)
+    _put(path, gzip.compress(data, mtime=0))
+
+
+def _put_image(img, path: Path, **save) -> None:
+    buf = io.BytesIO()
+    img.save(buf, **save)
+    _put(path, buf.getvalue())
 
 
 def write_text_corpora(output: Path) -> dict:
@@ -126,24 +142,23 @@ def write_images(output: Path, per_class: int = 6, val_per_class: int = 2) -> di
     for c, wnid in enumerate(WNIDS):
         for n in range(per_class):
             path = root / "train" / wnid / f"{wnid}_{n + 1}.JPEG"
-            path.parent.mkdir(parents=True, exist_ok=True)
             img = Image.fromarray(_picture(rng, c, 40 + 4 * n, 56 - 2 * n))
             if c == 0 and n == 0:
-                img.save(path, format="PNG")  # a PNG with a .JPEG name
+                _put_image(img, path, format="PNG")  # a PNG with a .JPEG name
             elif c == 1 and n == 0:
-                img.convert("CMYK").save(path, format="JPEG", quality=90)
+                _put_image(img.convert("CMYK"), path, format="JPEG", quality=90)
             elif c == 2 and n == 0:
-                img.convert("L").save(path, format="JPEG", quality=90)
+                _put_image(img.convert("L"), path, format="JPEG", quality=90)
             else:
-                img.save(path, format="JPEG", quality=90)
+                _put_image(img, path, format="JPEG", quality=90)
     rows = ["ImageId,PredictionString"]
     for i in range(len(WNIDS) * val_per_class):
         c = (i * 2) % len(WNIDS)  # labels not in file order, as in the real val set
         stem = f"ILSVRC2012_val_{i + 1:08d}"
-        (root / "val").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_picture(rng, c, 48, 48)).save(root / "val" / f"{stem}.JPEG", format="JPEG", quality=90)
+        _put_image(Image.fromarray(_picture(rng, c, 48, 48)), root / "val" / f"{stem}.JPEG", format="JPEG",
+                   quality=90)
         rows.append(f"{stem},{WNIDS[c]} 1 2 40 40 ")
-    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    _put(root / "LOC_val_solution.csv", ("\n".join(rows) + "\n").encode())
     return {"classes": len(WNIDS), "train_images": len(WNIDS) * per_class, "val_images": len(WNIDS) * val_per_class}
 
 

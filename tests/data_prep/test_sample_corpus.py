@@ -43,3 +43,26 @@ def test_formats_determinism_and_quickstart_chain(tmp_path, cli, read_split):
     for d in ("pile", "c4", "imagenet"):
         assert cli("prep", "verify", a / "mds" / d) == 0
     assert len(read_split(a / "mds/pile/train")) > 500
+
+
+def test_rerunning_the_data_steps_reuses_every_part(tmp_path, cli):
+    """Issue 14.11: the README says a re-run of the quickstart skips the finished data steps; `prep sample` rewrote
+    its files (same bytes, new modification times, which the part keys include), so every part was redone."""
+    out = tmp_path / "s"
+
+    def data_steps():
+        assert cli("prep", "sample", "--output", out) == 0
+        assert cli("tokenizer", "train", "--input", out / "pile/train", "--format", "pile", "--vocab-size", 512,
+                   "--output", out / "tok") == 0
+        assert cli("prep", "pile", "--input", out / "pile/train", "--output", out / "mds/pile", "--tokenizer",
+                   out / "tok.model", "--seq-len", 128, "--workers", 1) == 0
+        assert cli("prep", "imagenet", "--input", out / "imagenet", "--output", out / "mds/imagenet",
+                   "--workers", 1) == 0
+        return {d: json.loads((out / "mds" / d / "train" / "report.json").read_text()) for d in ("pile", "imagenet")}
+
+    first = data_steps()
+    times = {p: p.stat().st_mtime_ns for p in (out / "pile").rglob("*") if p.is_file()}
+    again = data_steps()
+    assert {p: p.stat().st_mtime_ns for p in times} == times
+    for d in ("pile", "imagenet"):
+        assert first[d]["parts_reused"] == 0 and again[d]["parts_reused"] == again[d]["parts"] > 0, (d, again[d])
