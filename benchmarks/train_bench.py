@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -49,9 +50,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ROWS = ("m2-gpt-360m@2048,gpt-360m@2048,m2-gpt-360m@8192,gpt-360m@8192,m2-gpt-360m@16384,gpt-360m@16384,"
                 "m2-bert-80m@128,bert-base@128,m2-bert-80m@2048,bert-base@2048")
 VOCAB = {"causal_lm": 50304, "mlm": 30528}  # the paper's vocabulary sizes (GPT-2's padded, BERT's)
-TOKENIZER_PIECES = 8192
-# ~3M tokens: 90+ steps of 32K tokens at every length, and the prepared data small enough to carry to a GPU machine.
-MAX_CORPUS_CHARS = 9_000_000
+TOKENIZER_PIECES = int(os.environ.get("BENCH_TOKENIZER_PIECES", 8192))
+# ~2.5M tokens: 70+ steps of 32K tokens at every length, and the prepared data small enough to carry to a GPU
+# machine. The CPU test makes a smaller one.
+MAX_CORPUS_CHARS = int(os.environ.get("BENCH_CORPUS_CHARS", 9_000_000))
 
 
 def env_int(name: str, default: int) -> int:
@@ -59,9 +61,8 @@ def env_int(name: str, default: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def docstrings(top: str) -> list[str]:
+def docstrings(top: str):
     """Docstrings (> 200 characters) of every module, class and function under ``top``, in a fixed order."""
-    out = []
     for folder, dirs, files in os.walk(top):
         dirs.sort()
         for name in sorted(files):
@@ -76,8 +77,7 @@ def docstrings(top: str) -> list[str]:
                 if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                     doc = ast.get_docstring(node)
                     if doc and len(doc) > 200:
-                        out.append(doc)
-    return out
+                        yield doc
 
 
 def write_corpus(folder: str) -> None:
@@ -86,7 +86,7 @@ def write_corpus(folder: str) -> None:
     import zstandard
 
     docs, total = [], 0
-    for doc in docstrings(os.path.dirname(torch.__file__)) + docstrings(os.path.dirname(os.__file__)):
+    for doc in itertools.chain(docstrings(os.path.dirname(torch.__file__)), docstrings(os.path.dirname(os.__file__))):
         if total > MAX_CORPUS_CHARS:
             break
         docs.append(doc)

@@ -1,4 +1,4 @@
-"""``m2dist bench kernels|layers|profile``: run the GPU benchmark scripts in ``benchmarks/`` (see its README).
+"""``m2dist bench kernels|layers|profile|train``: run the GPU benchmark scripts in ``benchmarks/`` (see its README).
 
 The scripts read their knobs from the environment (LENS, QUICK, M2_REFERENCE_DIR, OUT, ...); this command only
 locates and runs them, so ``m2dist bench layers`` and ``python3 benchmarks/layer_bench.py`` are the same run.
@@ -6,7 +6,8 @@ locates and runs them, so ``m2dist bench layers`` and ``python3 benchmarks/layer
 
 from __future__ import annotations
 
-SCRIPTS = {"kernels": "kernel_bench.py", "layers": "layer_bench.py", "profile": "profile_layer.py"}
+SCRIPTS = {"kernels": "kernel_bench.py", "layers": "layer_bench.py", "profile": "profile_layer.py",
+           "train": "train_bench.py"}
 
 
 def _run(args) -> int:
@@ -30,6 +31,6 @@ def _run(args) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="GPU benchmarks: kernels, layer stacks, a step profile")
+    parser = subparsers.add_parser("bench", help="GPU benchmarks: kernels, layer stacks, a step profile, the trainer beside the bare model")
     parser.add_argument("what", choices=sorted(SCRIPTS), help="which benchmark script to run")
     parser.set_defaults(func=_run)
