@@ -26,6 +26,33 @@ if os.environ.get("M2DIST_GPU_TESTS") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _raise_open_file_limit(want: int = 1 << 16) -> None:
+    """Each live StreamingDataset holds ~6 descriptors of /dev/shm segments until it is collected, and a reader
+    test builds dozens (3,650 open at once in tests/data/test_readers.py alone); one clean-clone run of the whole
+    suite hit the 20,000 limit (EMFILE) in later tests. Raise it where allowed (root, as the Slurm tests need)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limits in ((max(soft, want), max(hard, want)), (hard, hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return
+        except (ValueError, OSError):
+            continue
+
+
+_raise_open_file_limit()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage():
+    """Readers left in reference cycles by a test are collected before the next, releasing their descriptors."""
+    yield
+    import gc
+
+    gc.collect()
+
+
 def pytest_sessionstart(session) -> None:
     # Streaming's leftovers of killed jobs (its /dev/shm segments and /tmp filelocks, stack-facts §5): only those of
     # dead jobs, so this is safe on a shared dev box too (m2dist/data/shm.py; the trainer and prep do the same).
