@@ -15,6 +15,9 @@ import re
 import torch
 
 from m2dist.checkpoint.manager import CONFIG_FILE, read_trainer_state, step_of
+from m2dist.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 CONFIG_METADATA_KEY = "m2dist_config"
 
@@ -51,15 +54,23 @@ def consolidated_state_dict(path: str) -> dict[str, torch.Tensor]:
     if layout["tensor_parallel"] > 1:
         # ZeRO >= 1 with tensor parallelism: DeepSpeed's universal conversion merges the tensor slices (given the
         # model's universal_checkpoint_info patterns) into one fp32 tensor per parameter.
+        # The conversion (larger than the checkpoint: moments included) goes to a temporary directory that is removed
+        # afterwards, never next to the user's checkpoint.
+        import tempfile
+
         from m2dist.checkpoint.manager import convert_to_universal
 
-        out_dir = path.rstrip("/") + ".export_universal"
-        convert_to_universal(path, out_dir)
         sd = {}
-        for d in sorted(os.listdir(os.path.join(out_dir, "zero"))):
-            f = os.path.join(out_dir, "zero", d, "fp32.pt")
-            if os.path.exists(f):
-                sd[d] = torch.load(f, map_location="cpu", weights_only=False)["param"]
+        with tempfile.TemporaryDirectory(prefix="m2dist-export-") as work:
+            out_dir = os.path.join(work, "universal")
+            log.info("merging the tensor-parallel shards of %s in a temporary directory %s (removed afterwards; "
+                     "TMPDIR sets where)", path, work)
+            convert_to_universal(path, out_dir)
+            for d in sorted(os.listdir(os.path.join(out_dir, "zero"))):
+                f = os.path.join(out_dir, "zero", d, "fp32.pt")
+                if os.path.exists(f):
+                    value = torch.load(f, map_location="cpu", weights_only=False)
+                    sd[d] = value["param"] if isinstance(value, dict) else value
         # A tied weight may appear under both names, merged only under the one DeepSpeed tracks as the parameter:
         # keep the canonical names (export restores the aliases from the model's tying).
         from m2dist.models import build_model

@@ -41,14 +41,14 @@ def _world():
     return 0, 1
 
 
-def hash_files(root: str, files: list[str]) -> dict[str, dict]:
-    """{file: {size, sha256}} computed cooperatively by all ranks (collective when distributed)."""
+def hash_files(root: str, files: list[str], group=None) -> dict[str, dict]:
+    """{file: {size, sha256}} computed cooperatively by all ranks (collective over ``group`` when distributed)."""
     rank, world = _world()
     mine = {f: {"size": os.path.getsize(os.path.join(root, f)), "sha256": sha256_file(os.path.join(root, f))}
             for i, f in enumerate(files) if i % world == rank}
     if world > 1:
         parts = [None] * world
-        dist.all_gather_object(parts, mine)
+        dist.all_gather_object(parts, mine, group=group)
         for part in parts:
             mine.update(part)
     return mine

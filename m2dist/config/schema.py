@@ -73,6 +73,10 @@ class CheckpointConfig:
     # Save every N optimizer steps (0: only at the end).
     every: int = 0
     keep_last: int = 3
+    # Scheduled saves copy the state to host memory and write it in a background thread while training goes on;
+    # committed (manifest, rename, `latest`) once every rank's files are complete. Final and preemption saves
+    # always finish before the job exits.
+    async_save: bool = False
 
 
 @dataclass

@@ -124,11 +124,14 @@ class Trainer:
             how = f" (resharded: {', '.join(self.plan.reasons)})" if self.plan.reasons else ""
             log.info("resumed from %s at step %d%s", self.plan.path, self.state.step, how)
 
-    def save(self) -> str:
+    def save(self, blocking: bool = True) -> str:
+        # blocking=False: with checkpoint.async_save the files are written in the background (CheckpointManager.save).
         path = self.ckpt.save(self.engine, self.state, self._rank_state(), self.config_yaml, model=self.model,
-                              universal_info=getattr(self.model, "universal_checkpoint_info", None))
+                              universal_info=getattr(self.model, "universal_checkpoint_info", None),
+                              blocking=blocking)
         if self.rank == 0:
-            log.info("saved checkpoint %s", path)
+            log.info("saved checkpoint %s" if blocking or not self.ckpt.async_save else
+                     "checkpoint %s: state copied, being written in the background", path)
         return path
 
     # ---------------------------------------------------------------- eval
@@ -261,7 +264,7 @@ class Trainer:
                 self.evaluate()
                 last_eval = step
             if every_ckpt > 0 and step % every_ckpt == 0:
-                self.save()
+                self.save(blocking=False)
                 last_saved = step
             if (every_eval > 0 and step % every_eval == 0) or (every_ckpt > 0 and step % every_ckpt == 0):
                 # Evaluation and saving are not training time: the next interval starts after them.
@@ -273,6 +276,7 @@ class Trainer:
                 if self.preemption.interrupted:  # Ctrl-C: save where we are and stop; no requeue
                     if last_saved != step:
                         self.save()
+                    self.ckpt.wait()  # an asynchronous save of this step is committed before we say "saved"
                     if self.rank == 0:
                         log.warning("interrupted (Ctrl-C during step %s): saved after step %d; exiting with code %d",
                                     self.preemption.signal_step, step, INTERRUPT_EXIT_CODE)
@@ -282,6 +286,7 @@ class Trainer:
                                 "with code %d for a requeue", sig, self.preemption.signal_step, step, REQUEUE_EXIT_CODE)
                 if last_saved != step:
                     self.save()
+                self.ckpt.wait()  # the marker says the checkpoint is committed: an asynchronous one must be
                 if self.rank == 0:
                     with open(os.path.join(t.run_dir, PREEMPTED_MARKER), "w") as f:
                         # signal_step: the step in progress when this rank got the signal (None: a peer got it).
@@ -294,9 +299,11 @@ class Trainer:
             self.evaluate()
         if last_saved != self.state.step:
             self.save()
+        self.ckpt.wait()  # an asynchronous save still in flight is committed before the job ends
         return 0
 
     def _pause(self) -> None:
+        self.ckpt.wait()  # "after this step and its checkpoint": also an asynchronous one
         if dist.is_initialized():
             dist.barrier()
         if self.rank == 0:

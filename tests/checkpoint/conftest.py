@@ -4,5 +4,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
+sys.path.insert(0, str(Path(__file__).parent))  # zero_files
 
 from conftest_shared import configs, run, sample_data  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """Issue 6 acceptance on CPU with real multi-process jobs: exact resume after kill -9, torn/uncommitted checkpoints
-never loaded, resume at a different data-parallel size without repeating or skipping samples, SIGUSR1 -> checkpoint
-+ exit 85 within one step, and an export that reproduces the sharded model's evaluation loss."""
+never loaded, SIGUSR1 -> checkpoint + exit 85 within one step, and an export that reproduces the sharded model's
+evaluation loss. Resuming at another layout: test_reshard.py; the ZeRO stage each run engaged: zero_files.py."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import m2dist_run as mr
+from zero_files import assert_zero_stage_engaged, trainable_numel
 
 pytestmark = pytest.mark.slow
 
@@ -103,51 +104,17 @@ def test_torn_or_uncommitted_checkpoint_is_never_picked(run, tmp_path, caplog):
     assert mgr.find_resume("none") is None
 
 
-def test_resume_at_a_different_data_parallel_size(run, configs, tmp_path):
-    """ZeRO-2 DP=2 checkpoint at step 10 -> ZeRO-2 DP=1 (same global batch) through DeepSpeed's universal form:
-    optimizer state included, losses continue the DP=2 run, no sample repeated or skipped.
-
-    (ZeRO-3 -> ZeRO-3 at another DP size also resumes, but DeepSpeed 0.19.8's ZeRO-3 universal load leaves a ~1e-4
-    relative deviation from step 12 on; see the report. ZeRO-2 is exact to rounding.)"""
-    ref = run("gpt_dp2_z2")
-    run_dir = tmp_path / "run"
-    proc = mr.run_train(configs["gpt"], [f"trainer.run_dir={run_dir}", f"checkpoint.dir={tmp_path / 'ckpt'}",
-                                         f"trainer.resume={_ckpt(ref) / 'step_10'}", "deepspeed.zero_stage=2",
-                                         "checkpoint.every=0"], 1, tmp_path)
-    mr.check(proc)
-    assert "resharded: data parallel 2 -> 1" in proc.stderr
-    a, b = mr.losses(ref), mr.losses(run_dir)
-    assert sorted(b) == list(range(11, 21))
-    # Tolerance: fp32 with a different reduction order (accumulation vs all-reduce); measured max rel. diff ~1e-7.
-    # A resume without the optimizer moments, or with a shifted data order, differs by > 1e-2 at step 11.
-    for s in range(11, 21):
-        assert math.isclose(a[s], b[s], rel_tol=2e-5), f"step {s}: {a[s]} vs {b[s]}"
-    ids_ref, ids_new = mr.sample_ids(ref), mr.sample_ids(run_dir)
-    for s in range(11, 21):
-        assert ids_new[s] == ids_ref[s]
-    seen = [i for s in range(1, 11) for i in ids_ref[s]] + [i for s in range(11, 21) for i in ids_new[s]]
-    assert len(seen) == len(set(seen)) == 80  # nothing twice, nothing skipped (20 steps x global batch 4)
-
-
-def test_resume_at_a_different_tensor_and_data_parallel_size(run, configs, tmp_path):
-    """TP2 x DP1 (ZeRO-1) checkpoint at step 10 -> TP1 x DP2: DeepSpeed's universal form, with the per-parameter
-    partition patterns that m2dist.parallel gives (universal_checkpoint_info), merges the tensor shards; the run
-    continues the TP=1 trajectory and the data order."""
-    tp2, tp1 = run("gpt_tp2"), run("gpt_dp1_z0")
-    run_dir = tmp_path / "run"
-    proc = mr.run_train(configs["gpt"], [f"trainer.run_dir={run_dir}", f"checkpoint.dir={tmp_path / 'ckpt'}",
-                                         f"trainer.resume={_ckpt(tp2) / 'step_10'}", "deepspeed.zero_stage=1",
-                                         "checkpoint.every=0"], 2, tmp_path)
-    mr.check(proc)
-    assert "resharded: tensor parallel 2 -> 1, data parallel 1 -> 2" in proc.stderr
-    a, b = mr.losses(tp1), mr.losses(run_dir)
-    assert sorted(b) == list(range(11, 21))
-    for s in range(11, 21):  # measured max rel. diff ~1e-7
-        assert math.isclose(a[s], b[s], rel_tol=2e-5), f"step {s}: {a[s]} vs {b[s]}"
-    ids_ref, ids_new = mr.sample_ids(tp2), mr.sample_ids(run_dir)
-    seen = [i for s in range(1, 11) for i in ids_ref[s]] + [i for s in range(11, 21) for i in ids_new[s]]
-    assert len(seen) == len(set(seen)) == 80 and [ids_new[s] for s in range(11, 21)] == \
-        [mr.sample_ids(tp1)[s] for s in range(11, 21)]
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stage_engaged_in_the_shared_runs(run, stage):
+    """The DP=2 runs that tests/train compares across ZeRO stages really ran at that stage: their final checkpoint has
+    the optimizer state partitioned over the two data ranks (ZeRO >= 1; at ZeRO-3 the parameters as well), each
+    shard about half the size of the whole state. Loss equality alone would pass with the stage ignored."""
+    step_dir = _ckpt(run(f"gpt_dp2_z{stage}")) / "step_20"
+    sizes = assert_zero_stage_engaged(step_dir, stage, dp=2, tp=1)
+    if stage:
+        whole = 12 * trainable_numel(step_dir)  # fp32 weights + two Adam moments, unpartitioned
+        shards = [v for k, v in sizes.items() if k.endswith("_optim_states.pt")]
+        assert len(shards) == 2 and all(0.4 * whole < v < 0.65 * whole for v in shards), (shards, whole)
 
 
 def test_sigusr1_saves_and_exits_85_within_one_step(configs, tmp_path):
@@ -203,3 +170,30 @@ def test_export_reproduces_sharded_eval_loss(run, tmp_path, capsys):
 
     model, cfg = load_exported(str(out))
     assert cfg.model.arch == "m2_gpt" and sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_export_and_eval_of_a_root_follow_latest_and_leave_nothing_behind(run, tmp_path, monkeypatch, capsys):
+    """`m2dist export CHECKPOINT_DIR_ROOT` exports the checkpoint `latest` names; the TP=2 ZeRO-1 checkpoint needs a
+    universal conversion (bigger than the checkpoint), which goes to a temporary directory that is removed, with a
+    line saying where -- nothing is written beside the user's checkpoints (it used to leave <ckpt>.export_universal)."""
+    import tempfile
+
+    from m2dist.cli.main import main
+
+    ckpt = _ckpt(run("gpt_tp2"))
+    latest = (ckpt / "latest").read_text().strip()
+    before = sorted(str(p.relative_to(ckpt.parent)) for p in ckpt.parent.rglob("*"))
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(ckpt), "--output", str(out)]) == 0
+    captured = capsys.readouterr()  # m2dist's CLI logs to stderr (its own handler)
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert f"step_{summary['step']}" == latest
+    assert "temporary directory" in captured.err and str(work) in captured.err, captured.err[-2000:]
+    assert main(["eval", str(ckpt), "--steps", "1", "--cpu"]) == 0  # eval of the root: the same checkpoint
+    assert "eval_loss" in capsys.readouterr().out
+    after = sorted(str(p.relative_to(ckpt.parent)) for p in ckpt.parent.rglob("*"))
+    assert after == before, set(after) ^ set(before)
+    assert not list(work.glob("m2dist-export-*"))  # the conversion was removed (other libraries use TMPDIR too)

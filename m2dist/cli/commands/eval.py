@@ -24,7 +24,10 @@ def _eval(args) -> int:
         raise ConfigError(f"{args.model}: no such checkpoint directory or exported .safetensors file")
     if os.path.isdir(args.model):
         from m2dist.checkpoint.export import _load_config_from_checkpoint, consolidated_state_dict
+        from m2dist.checkpoint.manager import resolve_checkpoint
         from m2dist.models import build_model
+
+        args.model = resolve_checkpoint(args.model)  # a checkpoint.dir root: the checkpoint `latest` names
 
         cfg = _load_config_from_checkpoint(args.model)
         model = build_model(cfg.model)

@@ -7,17 +7,19 @@ def _export(args) -> int:
     import json
 
     from m2dist.checkpoint.export import export_checkpoint
-    from m2dist.checkpoint.manager import verify_checkpoint
+    from m2dist.checkpoint.manager import resolve_checkpoint, verify_checkpoint
 
-    problem = verify_checkpoint(args.checkpoint, collective=False)
+    path = resolve_checkpoint(args.checkpoint)  # a checkpoint.dir root: the checkpoint its `latest` names
+    problem = verify_checkpoint(path, collective=False)
     if problem:
-        raise SystemExit(f"m2dist export: {args.checkpoint} is not a complete checkpoint: {problem}")
-    print(json.dumps(export_checkpoint(args.checkpoint, args.output)))
+        raise SystemExit(f"m2dist export: {path} is not a complete checkpoint: {problem}")
+    print(json.dumps(export_checkpoint(path, args.output)))
     return 0
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("export", help="export a checkpoint as one safetensors file (+ config)")
-    parser.add_argument("checkpoint", help="checkpoint directory (.../step_<N>)")
+    parser.add_argument("checkpoint", help="checkpoint directory (.../step_<N>), or a checkpoint.dir root "
+                        "(exports the checkpoint its `latest` file names)")
     parser.add_argument("--output", required=True, help="output .safetensors file")
     parser.set_defaults(func=_export)
