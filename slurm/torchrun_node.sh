@@ -38,12 +38,30 @@ grep -q -- '--signals-to-handle' "$torch_dir/distributed/run.py" && signal_flags
         -m m2dist train --config "$@"
 ) &
 agent_pid=$!
+
+# A SIGUSR1 that comes while the trainers are still starting (before they install their handler) is lost: they
+# inherit it ignored from the agent. Slurm's --signal=USR1@S can come that early (its timer is coarse, and a short
+# --time leaves little room), and the job would then run into its time limit. So after a SIGUSR1 this script sends
+# it again to the agent's children (this node's trainers) every M2DIST_SIGNAL_REPEAT_S seconds until the
+# checkpoint is committed (the marker) or they exit; a trainer that already has it just keeps its flag.
+repeat_signal() {
+    while kill -0 "$agent_pid" 2>/dev/null && [[ ! -f $RUN_DIR/PREEMPTED ]]; do
+        sleep "${M2DIST_SIGNAL_REPEAT_S:-5}"
+        for pid in $(pgrep -P "$agent_pid"); do kill -USR1 "$pid" 2>/dev/null; done
+    done
+}
+repeater_pid=""
 wait "$agent_pid"
 rc=$?
 while ((rc > 128)) && kill -0 "$agent_pid" 2>/dev/null; do # wait returns early when a trap runs
+    if [[ $signal_seen == USR1 && -z $repeater_pid ]]; then
+        repeat_signal &
+        repeater_pid=$!
+    fi
     wait "$agent_pid"
     rc=$?
 done
+[[ -z $repeater_pid ]] || kill "$repeater_pid" 2>/dev/null
 
 if ((rc != 0)) && [[ -n $signal_seen ]]; then
     for ((i = 0; i < MARKER_WAIT_S; i++)); do

@@ -10,7 +10,9 @@ Layout of ``checkpoint.dir``::
       config.yaml                  the resolved config
       manifest.json                every file with size and sha256; written last, before the rename
     latest                         name of the newest committed checkpoint, written after the rename
-    .universal/step_<N>/           layout-free (per-parameter) conversion, made on demand for resharding
+    .tmp_step_<N>/                 a save in progress (also an asynchronous one); removed at the next start
+    .conversions/                  temporary conversions for a resume at another layout (DeepSpeed's universal form,
+                                   ZeRO-0 files cut for another tensor-parallel size); removed once loaded
 """
 
 from m2dist.checkpoint.manager import CheckpointManager, Resumable, verify_checkpoint

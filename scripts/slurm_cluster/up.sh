@@ -127,7 +127,9 @@ InactiveLimit=0
 # Short, so that a failed or cancelled test job is gone (SIGKILL) within seconds.
 KillWait=5
 MinJobAge=600
-SlurmdTimeout=60
+# A node whose slurmd stops answering is DOWN after this (its jobs: NODE_FAIL, requeued with --requeue); the
+# node-failure test waits for it. Real clusters use minutes.
+SlurmdTimeout=15
 EOF
     for i in $(seq 1 "$NODES"); do
         echo "NodeName=$(node_name "$i") NodeAddr=$(node_addr "$i") NodeHostname=$(node_name "$i") CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN" >>"$tmp"

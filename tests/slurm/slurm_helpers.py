@@ -84,3 +84,34 @@ def processes_of_job(job_id: str) -> list[tuple[int, dict, str]]:
         if env.get("SLURM_JOB_ID") == str(job_id):
             found.append((int(entry.name), env, cmdline))
     return found
+
+
+def cluster_env() -> dict:
+    return {**os.environ, "M2DIST_SLURM_BASE": os.environ.get("M2DIST_SLURM_BASE", "/tmp/m2dist-slurm")}
+
+
+def take_node_down(node: str) -> list[int]:
+    """A node failure: SIGKILL the node's slurmd and every process in its network namespace (slurmstepd, torchrun,
+    the trainers), as a power loss would. Returns the pids killed."""
+    import signal
+
+    base = cluster_env()["M2DIST_SLURM_BASE"]
+    ns = "m2sn" + node.removeprefix("node")  # scripts/slurm_cluster/common.sh: netns_name
+    pids = {int(p) for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                                           check=True).stdout.split()}
+    pidfile = Path(base) / "run" / f"slurmd-{node}.pid"
+    if pidfile.exists():
+        pids.add(int(pidfile.read_text().strip()))
+    for pid in sorted(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return sorted(pids)
+
+
+def bring_nodes_up() -> None:
+    """scripts/slurm_cluster/up.sh is idempotent: it starts only the slurmd that are not running."""
+    proc = subprocess.run(["bash", str(CLUSTER / "up.sh")], env=cluster_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

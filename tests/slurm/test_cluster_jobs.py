@@ -17,8 +17,8 @@ import pytest
 from m2dist.slurm import records
 from m2dist.slurm.status import job_info
 from tests.slurm.slurm_helpers import (
-    SMOKE_CONFIG, m2dist, job_logs, processes_of_job, run_overrides, sbatch, state,
-    wait_done, wait_for,
+    SMOKE_CONFIG, bring_nodes_up, m2dist, job_logs, processes_of_job, run_overrides, sbatch, state,
+    take_node_down, wait_done, wait_for,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -29,6 +29,9 @@ JOB_TIMEOUT_S = 600  # includes waiting in the queue behind an earlier test's jo
 # Killing one rank must end the whole job within this (torchrun notices in 1 s, srun --kill-on-bad-exit ends the
 # other node, Slurm's KillWait is 5 s on the test cluster): a hang would hold the nodes for the full time limit.
 FAIL_TIMEOUT_S = 60
+# A node that stops answering is DOWN after SlurmdTimeout (15 s on the test cluster, up.sh) plus up to one ping
+# interval; Slurm then ends the job (NODE_FAIL) and, as it is --requeue, requeues it. Measured: 31 s.
+NODE_FAIL_TIMEOUT_S = 90
 
 
 def _final(run_dir) -> dict:
@@ -155,3 +158,70 @@ def test_two_job_sweep_runs_and_is_reported(sweep_run):
     for png in ("scaling_vs_gpus.png", "scaling_vs_seq_len.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+
+
+def _resumed_lines(run_dir, job, attempt) -> list[str]:
+    logs = run_dir / "logs" / f"{job}.{attempt}"
+    return [line for p in logs.glob("node*.log") for line in p.read_text().splitlines() if "resumed from" in line]
+
+
+def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(slurm_cluster, train_overrides, tmp_path):
+    """A real node failure: node2's slurmd and every process in its namespace are SIGKILLed mid-training. Slurm
+    marks the node DOWN, ends the job and requeues it itself (--requeue); it waits for two nodes, starts when node2's
+    slurmd is back (an admin's repair; here up.sh) and resumes from the newest complete checkpoint."""
+    run_dir = tmp_path / "node-failure"
+    job = sbatch(["--nodes=2", "slurm/train.sbatch", str(SMOKE_CONFIG), *train_overrides, *run_overrides(run_dir),
+                  "trainer.max_steps=100000", "checkpoint.every=4"])
+    try:
+        wait_for(lambda: (m := records.train_metrics(run_dir)) and m[-1]["step"] >= 6, JOB_TIMEOUT_S,
+                 "step 6", interval=0.05)
+        killed = take_node_down("node2")
+        assert len(killed) >= 3, killed  # slurmd, slurmstepd, torchrun, the trainer
+        t0 = __import__("time").monotonic()
+        wait_for(lambda: (job_info(job) or {}).get("Restarts") == "1", NODE_FAIL_TIMEOUT_S,
+                 "Slurm to requeue the job after the node failure")
+        took = __import__("time").monotonic() - t0
+        assert state(job) == "PENDING", job_info(job)
+        # Nothing of the first attempt survives on either node.
+        wait_for(lambda: not processes_of_job(job), 30, f"no process of job {job} left")
+        complete = sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*")
+                          if (p / "manifest.json").exists())
+        assert complete, job_logs(run_dir)
+    finally:
+        bring_nodes_up()
+    wait_for(lambda: _resumed_lines(run_dir, job, 1), JOB_TIMEOUT_S, "the requeued attempt to resume")
+    resumed = _resumed_lines(run_dir, job, 1)[0]
+    assert f"step_{complete[-1]} at step {complete[-1]}" in resumed, (resumed, complete)
+    wait_for(lambda: records.train_metrics(run_dir)[-1]["step"] > complete[-1] + 2, JOB_TIMEOUT_S,
+             "training to continue")
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    wait_done(job, 60, run_dir)
+    wait_for(lambda: not processes_of_job(job), 30, f"no process of job {job} left")
+    print(f"node failure -> job requeued by Slurm after {took:.0f} s (bound {NODE_FAIL_TIMEOUT_S} s)")
+
+
+def test_time_limit_signal_saves_requeues_and_resumes(slurm_cluster, train_overrides, tmp_path):
+    """`--time=1 --signal=USR1@40`: Slurm signals the job about 40 s before the 1-minute limit (its timer is coarse:
+    the signal can come while the trainers are still starting, which torchrun_node.sh covers by repeating it until
+    the checkpoint is committed); the trainers save, the job requeues itself and the next attempt resumes from that
+    save, before the time limit (a job ended by its time limit is not requeued)."""
+    run_dir = tmp_path / "time-limit"
+    job = sbatch(["--nodes=2", "--time=1", "--signal=USR1@40", "slurm/train.sbatch", str(SMOKE_CONFIG),
+                  *train_overrides, *run_overrides(run_dir), "trainer.max_steps=100000", "checkpoint.every=0"])
+    try:
+        wait_for(lambda: (job_info(job) or {}).get("Restarts") == "1", JOB_TIMEOUT_S, "the job to requeue itself")
+        marker_step = json.loads((run_dir / "PREEMPTED").read_text())["step"] if (run_dir / "PREEMPTED").exists() \
+            else None
+        assert _outcomes(run_dir) == ["requeued"], (records.attempts(run_dir), job_logs(run_dir))
+        saved = sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*"))
+        assert len(saved) == 1, saved  # checkpoint.every=0: only the signal's save
+        wait_for(lambda: _resumed_lines(run_dir, job, 1), JOB_TIMEOUT_S, "the requeued attempt to resume")
+        assert f"at step {saved[0]}" in _resumed_lines(run_dir, job, 1)[0]
+        assert marker_step in (None, saved[0])  # (the next attempt removes the marker once it has read it)
+        log0 = "\n".join(p.read_text() for p in (run_dir / "logs" / f"{job}.0").glob("node*.log"))
+        assert "preemption signal 10" in log0 and "DUE TO TIME LIMIT" not in log0, log0[-3000:]
+        wait_for(lambda: records.train_metrics(run_dir)[-1]["step"] > saved[0], JOB_TIMEOUT_S, "training to go on")
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+    wait_done(job, 60, run_dir)
+    wait_for(lambda: not processes_of_job(job), 30, f"no process of job {job} left")
