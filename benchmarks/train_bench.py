@@ -189,8 +189,8 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
     import torch
 
     from m2dist.data import build_dataloader
-    from m2dist.models import build_model, optimizer_groups
-    from m2dist.train.engine import apply_layer_options
+    from m2dist.models import build_model
+    from m2dist.train.engine import apply_layer_options, build_optimizer
     from m2dist.train.metrics import memory_gib
     from m2dist.train.schedule import build_scheduler
     from m2dist.train.tasks import IGNORE_INDEX, forward, task_of, training_loss_sum
@@ -209,9 +209,7 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
     del loader
     torch.manual_seed(cfg.trainer.seed)
     model = apply_layer_options(build_model(cfg.model), cfg).to(device)
-    oc = cfg.optimizer
-    optimizer = torch.optim.AdamW(optimizer_groups(model, oc), lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps,
-                                  weight_decay=oc.weight_decay, fused=device.type == "cuda")
+    optimizer = build_optimizer(model, cfg, str(device))
     scheduler = build_scheduler(optimizer, cfg.schedule, steps)
     task = task_of(cfg)
     on_gpu = device.type == "cuda"

@@ -165,20 +165,26 @@ class TrainState:
     tokens: int = 0
 
 
-def build_engine(cfg: Config, groups, device: str, load_universal: bool = False) -> tuple[Any, nn.Module, dict]:
-    import deepspeed
-
+def build_optimizer(model: nn.Module, cfg: Config, device: str) -> torch.optim.Optimizer:
+    """AdamW over the model's param groups. A torch AdamW, not a ds_config optimizer: DeepSpeed would JIT-compile its
+    fused/CPU Adam (stack-facts §1). Fused on a GPU (one kernel per step instead of a handful per tensor); the default
+    foreach path on CPU."""
     from m2dist.models import optimizer_groups
-    from m2dist.train.schedule import build_scheduler
 
-    model = build_model_for_training(cfg, groups)
     oc = cfg.optimizer
-    # A torch AdamW, not a ds_config optimizer: DeepSpeed would JIT-compile its fused/CPU Adam (stack-facts §1).
-    # Fused on a GPU (one kernel per step instead of a handful per tensor); the default foreach path on CPU.
-    optimizer = torch.optim.AdamW(
+    return torch.optim.AdamW(
         optimizer_groups(model, oc), lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay,
         fused=device.startswith("cuda") or None,
     )
+
+
+def build_engine(cfg: Config, groups, device: str, load_universal: bool = False) -> tuple[Any, nn.Module, dict]:
+    import deepspeed
+
+    from m2dist.train.schedule import build_scheduler
+
+    model = build_model_for_training(cfg, groups)
+    optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.trainer.max_steps)
     ds_config = build_ds_config(cfg, groups.data_size, device, load_universal=load_universal)
     engine, _, _, _ = deepspeed.initialize(
