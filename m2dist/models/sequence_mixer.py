@@ -36,6 +36,16 @@ from m2dist.models.init import init_linear_
 from m2dist.ops import mixer_core
 
 
+class MixerCore(nn.Module):
+    """Everything between the two projections (``m2dist.ops.mixer_core``). Parameter-free -- the mixer passes its
+    weights in, so state-dict names do not depend on it -- and a module so that code outside the model can act on it:
+    a kernel converter swaps it for a fused one, a parallel plan hooks its inputs."""
+
+    def forward(self, z: torch.Tensor, u: Optional[torch.Tensor], conv_weight: torch.Tensor,
+                conv_bias: torch.Tensor, filt, residual_filt=None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return mixer_core(z, u, conv_weight, conv_bias, filt, residual_filt, keep)
+
+
 class M2SequenceMixer(nn.Module):
     def __init__(self, hidden_size: int, max_seq_len: int, *, causal: bool, filter_order: int = 128,
                  filter_emb_dim: int = 5, filter_w: float = 10.0, short_conv_size: int = 3,
@@ -51,6 +61,7 @@ class M2SequenceMixer(nn.Module):
                            bidirectional=not causal)
         self.filter = ImplicitFilter(**filter_args)
         self.residual_filter = ImplicitFilter(**filter_args) if residual_long_conv else None
+        self.core = MixerCore()
         self.out_proj = nn.Linear(h, h)
         init_linear_(self.in_proj, init)
         init_linear_(self.out_proj, init)
@@ -71,7 +82,7 @@ class M2SequenceMixer(nn.Module):
         if self.residual_filter is not None:
             residual_in = self.own_channels(u)
             residual_filt = (*self.residual_filter(length), self.residual_filter.D)
-        y = mixer_core(z, residual_in, self.short_conv.weight, self.short_conv.bias, filt, residual_filt, keep)
+        y = self.core(z, residual_in, self.short_conv.weight, self.short_conv.bias, filt, residual_filt, keep)
         return self.out_proj(y)
 
     # Two steps that tensor parallelism overrides (m2dist/parallel/m2_layers.py): entering the channel-sharded
