@@ -190,8 +190,9 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
 
     from m2dist.data import build_dataloader
     from m2dist.models import build_model
-    from m2dist.train.engine import apply_layer_options, build_optimizer
+    from m2dist.train.layer_options import apply_layer_options
     from m2dist.train.metrics import memory_gib
+    from m2dist.train.optimizer import build_optimizer
     from m2dist.train.schedule import build_scheduler
     from m2dist.train.tasks import IGNORE_INDEX, forward, task_of, training_loss_sum
 

@@ -31,11 +31,14 @@ class Trainer:
         from m2dist.checkpoint import CheckpointManager
         from m2dist.checkpoint.manager import Layout
         from m2dist.parallel import init_groups
-        from m2dist.train.engine import build_engine, gradient_accumulation_steps, input_dtype, resolve_model_config
+        from m2dist.train.ds_config import gradient_accumulation_steps
+        from m2dist.train.engine import build_engine
         from m2dist.train.metrics import MetricsLogger, device_peak_flops
+        from m2dist.train.precision import input_dtype
         from m2dist.train.rng import seed_all
         from m2dist.train.signals import PreemptionHandler
         from m2dist.train.tasks import task_of
+        from m2dist.train.vocab_size import resolve_vocab_size
 
         self.cfg = cfg
         t = cfg.trainer
@@ -44,7 +47,7 @@ class Trainer:
         self.groups = init_groups(cfg.parallel.tensor, seed=t.seed)
         # Control-plane collectives (preemption flag, sample ids) run on CPU tensors: with NCCL they need gloo.
         self.cpu_group = dist.new_group(backend="gloo") if self.info.backend != "gloo" else None
-        resolve_model_config(cfg)
+        resolve_vocab_size(cfg)
         self.task = task_of(cfg)
         self.device = torch.device(self.info.device)
         self.dtype = input_dtype(cfg, self.info.device)

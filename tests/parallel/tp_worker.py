@@ -186,7 +186,7 @@ def check_recompute(name, overrides, report):
     recomputed forward must redraw the same sharded-dropout / attention-dropout masks, so gradients are unchanged."""
     from m2dist.models import build_model, preset_config
     from m2dist.parallel.tensor_parallel import apply_tensor_parallel
-    from m2dist.train.engine import _checkpoint_forward, layer_list
+    from m2dist.train.layer_options import _checkpoint_forward, layer_list
 
     cfg = preset_config(name, max_seq_len=32, **overrides)
     grads = []

@@ -9,7 +9,7 @@ import torch
 
 from m2dist.config import load_config
 from m2dist.config.schema import Config, ScheduleConfig
-from m2dist.train.engine import build_ds_config, gradient_accumulation_steps
+from m2dist.train.ds_config import build_ds_config, gradient_accumulation_steps
 from m2dist.train.schedule import lr_multiplier
 
 
@@ -56,7 +56,7 @@ def test_ds_config_from_m2dist_config(tmp_path):
 
 def test_activation_checkpointing_keeps_names_and_gradients():
     from m2dist.models import build_model
-    from m2dist.train.engine import apply_layer_options
+    from m2dist.train.layer_options import apply_layer_options
 
     cfg = load_config(str(__import__("m2dist_run").REPO / "configs/models/m2-gpt-tiny.yaml"))
     torch.manual_seed(0)

@@ -1,0 +1,47 @@
+"""Per-layer training options applied to a built model: activation checkpointing and ``torch.compile``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from m2dist.config.schema import Config
+
+
+def layer_list(model: nn.Module, num_layers: int) -> Optional[nn.ModuleList]:
+    """The model's stack of residual layers (``blocks`` or ``layers``), found structurally so that any model of
+    m2dist.models (or one rewritten by tensor parallelism) works."""
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    return None
+
+
+def _checkpoint_forward(layer: nn.Module) -> None:
+    """Recompute ``layer``'s activations in the backward pass. The forward is wrapped in place rather than the
+    module wrapped (torch's checkpoint_wrapper), so parameter names -- and checkpoints -- do not depend on the option.
+    Non-reentrant: works with ZeRO-3's parameter hooks and with inputs that do not require grad."""
+    from torch.utils.checkpoint import checkpoint
+
+    inner = layer.forward
+
+    def forward(*args, **kwargs):
+        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
+    layer.forward = forward
+
+
+def apply_layer_options(model: nn.Module, cfg: Config) -> nn.Module:
+    layers = layer_list(model, cfg.model.num_layers)
+    if (cfg.trainer.activation_checkpointing or cfg.trainer.compile) and layers is None:
+        raise ValueError("activation checkpointing / compile need the model's layer list, which was not found")
+    if cfg.trainer.activation_checkpointing:
+        for layer in layers:
+            _checkpoint_forward(layer)
+    if cfg.trainer.compile:
+        # Per layer, as torchtitan does: the layers are identical, so one compiled graph is reused L times and a
+        # graph break stays local to a layer.
+        for layer in layers:
+            layer.compile()
+    return model
