@@ -222,13 +222,19 @@ def _local_filter(filt: Filter, hidden: int, channels: slice, length: int, name:
     return tuple(out)
 
 
-def context_filter(f, length: int, channels: slice) -> Filter:
+def context_filter(f, length: int, channels: slice,
+                   enter: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Filter:
     """``(k_fwd, k_rev, D)`` of ``ImplicitFilter`` ``f`` for ``channels`` only, each (len(channels), length).
 
     Equal to ``(*f(length), f.D)`` sliced to those rows (tested), but it evaluates the output layer (order -> H,
     the filter's dominant cost) for this rank's rows only: the hidden layers run at all ``length`` positions on
     every CP rank, since every rank convolves the full length. Their parameters' gradients are this rank's part,
     summed over CP by the gradient reduction like any replicated parameter's.
+
+    ``enter`` is applied to the hidden features before the output rows, because this bypasses the output layer's
+    forward (and so any hook a plan put there): under TP x CP pass ``copy_to_tp``, which the TP plan's ``CopyInput``
+    on ``mlp_*.out`` would otherwise apply, so the replicated hidden layers get the gradient of all TP channels.
+    ``channels`` then index the filter's TP-local rows.
     """
     if length > f.l_max:
         raise ValueError(f"sequence length {length} exceeds the filter's l_max={f.l_max} (model.max_seq_len)")
@@ -240,6 +246,8 @@ def context_filter(f, length: int, channels: slice) -> Filter:
             hid = z
             for layer in mlp.layers:
                 hid = torch.sin(f.freq * layer(hid))
+            if enter is not None:
+                hid = enter(hid)
             return (F.linear(hid, mlp.out.weight[channels]) * modulation).transpose(0, 1)
 
         k_rev = None if f.mlp_rev is None else taps(f.mlp_rev)

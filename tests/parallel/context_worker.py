@@ -137,13 +137,14 @@ def run_filter_module_case(length, causal, seed, group):
     (y_ref * out_grad).sum().backward()
     ref_grads = {n: p.grad.clone() for n, p in f.named_parameters()}
     f.zero_grad()
-    y = context_parallel_mixer_core(split_sequence(z, 1, rank, size), None, w, b, context_filter(f, length, ch),
-                                    None, None, group)
+    entered = []  # ``enter`` (copy_to_tp under TP x CP) sees each MLP's hidden features once
+    rows = context_filter(f, length, ch, enter=lambda hid: entered.append(hid.shape) or hid)
+    y = context_parallel_mixer_core(split_sequence(z, 1, rank, size), None, w, b, rows, None, None, group)
     (y * split_sequence(out_grad, 1, rank, size)).sum().backward()
     errs = {"y": rel(gather_dim(y.detach(), 1, group), y_ref.detach()), "taps": taps_err}
     for n, p in f.named_parameters():
         errs["grad_" + n] = rel(summed(p.grad, group), ref_grads[n])
-    return {"errors": errs}
+    return {"errors": errs, "entered": [list(s) for s in entered]}
 
 
 def expect_error(fn) -> str:

@@ -73,7 +73,9 @@ def test_forward_and_every_gradient_match(report):
 
 def test_filter_generated_per_rank_matches(report):
     for kind in ("causal", "bidir"):
-        errs = report["cases"][f"filter_module,{kind}"]["errors"]
+        case = report["cases"][f"filter_module,{kind}"]
+        errs = case["errors"]
+        assert case["entered"] == [[8, 8]] * (1 if kind == "causal" else 2)  # (L, order) per MLP
         assert errs["taps"] <= TOL["fp64"] and errs["y"] <= TOL["fp64"]
         grads = {k: v for k, v in errs.items() if k.startswith("grad_")}
         # z, freq, three hidden layers' weight+bias, the output layer, D: per MLP (two when bidirectional).
