@@ -32,7 +32,7 @@ def _load_config_from_checkpoint(path: str):
 
 
 def _merge_tensor_parallel(shards: list[dict], model_config) -> dict:
-    """One state dict from the tensor ranks' state dicts (m2dist.parallel.sharding's plan: exact concatenation,
+    """One state dict from the tensor ranks' state dicts (cut by m2dist.parallel.plan's specs: exact concatenation,
     including the strided layouts of the fused projections)."""
     if len(shards) == 1:
         return shards[0]

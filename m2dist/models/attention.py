@@ -27,7 +27,7 @@ class SelfAttention(nn.Module):
         init_linear_(self.out_proj, init)
 
     def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        batch, length, hidden = x.shape
+        batch, length, _ = x.shape
         q, k, v = self.qkv_proj(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         mask = None
         if attention_mask is not None:
@@ -40,4 +40,5 @@ class SelfAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal and mask is None,
         )
-        return self.out_proj(y.transpose(1, 2).reshape(batch, length, hidden))
+        # -1, not the input width: under tensor parallelism num_heads is this rank's share (m2dist/parallel/plan.py).
+        return self.out_proj(y.transpose(1, 2).reshape(batch, length, -1))

@@ -16,8 +16,9 @@ Parameters:
   residual_filter  a second, independent ImplicitFilter (residual_long_conv only)
   out_proj    nn.Linear(H, H) with bias
   norm        LayerNorm(H) (pre_norm only)
-Everything between in_proj and out_proj is per channel (tensor parallelism: in_proj column-parallel
-with matching x1/x2/v slices, filters and short_conv sliced by channel, out_proj row-parallel).
+Everything between in_proj and out_proj is per channel, which is what tensor parallelism shards
+(m2dist/parallel/plan.py: in_proj column-parallel with matching x1/x2/v slices, filters and short_conv
+sliced by channel, ``core`` fed this rank's channels of u, out_proj row-parallel).
 
 Padding: positions with attention_mask == 0 are zeroed at the mixer input, after the in-projection
 (its bias) and before each long convolution (the short conv's bias), so they contribute nothing to
@@ -73,22 +74,14 @@ class M2SequenceMixer(nn.Module):
         keep = None if attention_mask is None else attention_mask.to(u.dtype)  # (B, L)
         if keep is not None:
             u = u * keep[:, :, None]
-        u = self.enter_channels(u)
         z = self.in_proj(u)
         if keep is not None:
             z = z * keep[:, :, None]
         filt = (*self.filter(length), self.filter.D)
         residual_in = residual_filt = None
         if self.residual_filter is not None:
-            residual_in = self.own_channels(u)
+            residual_in = u
             residual_filt = (*self.residual_filter(length), self.residual_filter.D)
         y = self.core(z, residual_in, self.short_conv.weight, self.short_conv.bias, filt, residual_filt, keep)
         return self.out_proj(y)
 
-    # Two steps that tensor parallelism overrides (m2dist/parallel/m2_layers.py): entering the channel-sharded
-    # region, and this module's own channels of a full-width input.
-    def enter_channels(self, u: torch.Tensor) -> torch.Tensor:
-        return u
-
-    def own_channels(self, u: torch.Tensor) -> torch.Tensor:
-        return u

@@ -1,6 +1,8 @@
-"""Parallelism applied to a single-device model: process groups (``groups``), tensor parallelism
-(``tensor_parallel.apply_tensor_parallel``, written separately), TP-aware RNG."""
+"""Parallelism applied to a single-device model from outside it, through one declarative plan (``plan``): process
+groups (``groups``), tensor parallelism (``tensor_parallel.apply_tensor_parallel``), the loss functions that match a
+model's logits (``loss_functions``), TP-aware RNG (``rng``)."""
 
 from m2dist.parallel.groups import ParallelGroups, destroy_groups, init_groups
+from m2dist.parallel.vocab import LossFunctions, loss_functions
 
-__all__ = ["ParallelGroups", "destroy_groups", "init_groups"]
+__all__ = ["LossFunctions", "ParallelGroups", "destroy_groups", "init_groups", "loss_functions"]

@@ -1,7 +1,8 @@
-"""The autograd-aware tensor-parallel collectives the sharded layers use, and the TP group they run on.
+"""The tensor-parallel collectives and the TP group they run on: the autograd-aware ones the plan's styles put
+around the layers (``styles``), and the gather of a live sharded model's full state dict.
 
-Four of them come from megatron-core's ``tensor_parallel.mappings`` (the same functions its Column/RowParallelLinear
-use); one (``scatter_blocks``) is M2-specific:
+Four of the autograd-aware ones come from megatron-core's ``tensor_parallel.mappings`` (the same functions its
+Column/RowParallelLinear use); one (``scatter_blocks``) is M2-specific; ``own_chunks`` is a plain slice:
 
 ==========================  ================================  ===============================================
 function                    forward                           backward
@@ -10,6 +11,7 @@ function                    forward                           backward
 ``reduce_from_tp``          all-reduce (sum)                  identity
 ``gather_last_dim``         all-gather, concat on last dim    keep this rank's slice (no communication)
 ``scatter_blocks``          keep this rank's chunks (no comm) all-gather of the chunks' gradients
+``own_chunks``              keep this rank's chunks (no comm) the slice's gradient (zeros elsewhere, no comm)
 ==========================  ================================  ===============================================
 
 Why the wrapper around megatron's ``copy_to``: megatron's ``_reduce`` runs ``all_reduce(input_.contiguous())`` and
@@ -23,8 +25,12 @@ On CPU, megatron's all-gather allocates with ``torch.cuda.current_device()``: ``
 
 from __future__ import annotations
 
+import sys
+from typing import Optional
+
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def tp_group():
@@ -40,6 +46,9 @@ def tp_rank() -> int:
 
 
 def tp_size() -> int:
+    # Not imported = not initialised: a TP=1 process never pays megatron's import (groups.py).
+    if "megatron.core.parallel_state" not in sys.modules:
+        return 1
     from megatron.core import parallel_state
 
     if not parallel_state.model_parallel_is_initialized():
@@ -86,6 +95,16 @@ def _chunk_ids(rank: int, size: int, stride: int) -> list[int]:
     return [rank + s * size for s in range(stride)]
 
 
+def own_chunks(x: torch.Tensor, stride: int, rank: int, size: int) -> torch.Tensor:
+    """This rank's ``stride`` chunks of ``x``'s last dim (cut into ``stride * size``), differentiable, no
+    communication: for a replicated tensor already inside the TP region."""
+    if stride == 1:
+        n = x.shape[-1] // size
+        return x[..., rank * n:(rank + 1) * n]
+    chunks = x.chunk(stride * size, dim=-1)
+    return torch.cat([chunks[c] for c in _chunk_ids(rank, size, stride)], dim=-1)
+
+
 class _ScatterBlocks(torch.autograd.Function):
     """Forward: this rank's chunks (megatron stride layout) of a replicated last dim, no communication.
     Backward: the chunks' gradients are disjoint across ranks, so the full gradient is an all-gather (half the bytes
@@ -112,3 +131,26 @@ class _ScatterBlocks(torch.autograd.Function):
 def scatter_blocks(x: torch.Tensor, stride: int) -> torch.Tensor:
     """This rank's ``stride`` chunks of the replicated ``x``'s last dim (cut into ``stride * tp`` chunks)."""
     return _ScatterBlocks.apply(x, stride, tp_rank(), tp_size(), tp_group())
+
+
+@torch.no_grad()
+def gather_full_state_dict(model: nn.Module, dst: Optional[int] = None) -> dict:
+    """Collective over the TP group: the single-device state dict of a tensor-parallel ``model`` (on every TP rank,
+    or only on group rank ``dst`` when given -- the others return {})."""
+    from m2dist.parallel.plan import plan_for_model
+    from m2dist.parallel.sharding import gather_tensor
+
+    plan = plan_for_model(model)
+    size, group = tp_size(), tp_group() if tp_size() > 1 else None
+    out = {}
+    for name, t in model.state_dict().items():
+        spec = plan[name]
+        if spec.replicated or size == 1:
+            out[name] = t.detach().clone()
+            continue
+        pieces = [torch.empty_like(t) for _ in range(size)]
+        dist.all_gather(pieces, t.detach().contiguous(), group=group)
+        out[name] = gather_tensor(pieces, spec)
+    if dst is not None and size > 1 and tp_rank() != dst:
+        return {}
+    return out

@@ -58,6 +58,13 @@ def test_forward_matches(report, case):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_language_models_take_the_vocab_parallel_loss(report, case):
+    """``loss_functions`` follows the plan: vocab-parallel for a sharded LM head, plain for ViT's replicated one and
+    for the unsharded reference model in the same (TP=2) process."""
+    assert report[case]["vocab_parallel_loss"] == ("vit" not in case)
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_gradients_match(report, case):
     r = report[case]
     assert r["grad_tol_ratio"] <= 1.0, f"worst gradient {r['grad_worst']}: {r['grad_max_abs']:.3g}"
@@ -76,3 +83,12 @@ def test_five_adamw_steps_match(report, case):
 @pytest.mark.parametrize("name", ["m2-bert-tiny", "bert-tiny"])
 def test_activation_recompute_redraws_the_same_dropout(report, name):
     assert report[f"recompute:{name}"]["grad_max_abs"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["m2-gpt-tiny", "m2-bert-tiny"])
+@pytest.mark.parametrize("order", ["convert_then_tp", "tp_then_convert"])
+def test_plan_composes_with_a_kernel_converter_in_either_order(report, name, order):
+    r, tol = report[f"converter:{name}"][order], report["tolerances"]
+    assert r["converted"] > 0
+    assert r["logits_max_abs"] < tol["logits"]
+    assert r["grad_tol_ratio"] <= 1.0

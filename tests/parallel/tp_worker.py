@@ -28,6 +28,7 @@ TOL = {"logits": 1e-5, "loss": 1e-5, "grad_rel": 1e-4, "grad_abs": 1e-6, "param_
 # mask, so the runs still agree), and 8 Monarch blocks (two gate/value block pairs per rank).
 VARIANTS = [("m2-bert-tiny", {"dropout": 0.1, "mixer_pre_norm": True}), ("m2-gpt-tiny", {"nblocks": 8})]
 RECOMPUTE = [("m2-bert-tiny", {"dropout": 0.1}), ("bert-tiny", {"dropout": 0.1})]
+CONVERTED = ["m2-gpt-tiny", "m2-bert-tiny"]
 GROUPS = None
 
 
@@ -56,21 +57,23 @@ def ref_loss(model, ids, labels, mask):
 
 
 def tp_loss(model, ids, labels, mask):
-    if not hasattr(model, "parallel_cross_entropy"):  # ViT: replicated classifier head
-        return ref_loss(model, ids, labels, mask)
+    from m2dist.parallel import loss_functions
+
     logits = model(ids, mask) if mask is not None else model(ids)
-    losses = model.parallel_cross_entropy(logits, labels)
+    losses = loss_functions(model).cross_entropy(logits, labels)  # vocab-parallel for the LMs, local for ViT
     valid = (labels != -100).float()
     return logits, (losses * valid).sum() / valid.sum()
 
 
 def gather_grads(model):
+    from m2dist.parallel.plan import plan_for_model
     from m2dist.parallel.sharding import gather_tensor
 
     out = {}
     size = dist.get_world_size()
+    plan = plan_for_model(model)
     for name, p in model.named_parameters():
-        spec = model.tensor_parallel_plan[name]
+        spec = plan[name]
         g = p.grad.detach().contiguous()
         if spec.replicated:
             out[name] = g
@@ -83,9 +86,12 @@ def gather_grads(model):
 
 def replicated_grads_agree(model):
     """Replicated parameters must get the same gradient on every TP rank (else their copies drift apart)."""
+    from m2dist.parallel.plan import plan_for_model
+
     worst = 0.0
+    plan = plan_for_model(model)
     for name, p in model.named_parameters():
-        if model.tensor_parallel_plan[name].replicated:
+        if plan[name].replicated:
             other = p.grad.detach().clone()
             dist.broadcast(other, 0)
             worst = max(worst, (other - p.grad).abs().max().item())
@@ -94,8 +100,9 @@ def replicated_grads_agree(model):
 
 def check_preset(name, overrides, report):
     from m2dist.models import preset_config, build_model
+    from m2dist.parallel import loss_functions
+    from m2dist.parallel.mappings import gather_full_state_dict
     from m2dist.parallel.sharding import gather_state_dict, shard_state_dict
-    from m2dist.parallel.sharding import gather_full_state_dict
     from m2dist.parallel.tensor_parallel import apply_tensor_parallel
 
     rank, size = dist.get_rank(), dist.get_world_size()
@@ -130,10 +137,12 @@ def check_preset(name, overrides, report):
     logits_ref, loss_ref = ref_loss(ref, ids, labels, mask)
     torch.manual_seed(99)
     logits_tp, loss_tp = tp_loss(tp, ids, labels, mask)
-    full_logits = tp.gather_logits(logits_tp) if hasattr(tp, "gather_logits") else logits_tp
+    functions = loss_functions(tp)
+    r["vocab_parallel_loss"] = functions.cross_entropy is not loss_functions(ref).cross_entropy
+    full_logits = functions.gather_logits(logits_tp)
     r["logits_max_abs"] = (full_logits - logits_ref).abs().max().item()
     r["loss_ref"], r["loss_tp"] = loss_ref.item(), loss_tp.item()
-    argmax = tp.parallel_argmax(logits_tp) if hasattr(tp, "parallel_argmax") else logits_tp.argmax(-1)
+    argmax = functions.argmax(logits_tp)
     r["argmax_equal"] = bool(torch.equal(argmax, logits_ref.argmax(-1)))
 
     # (3) gradients
@@ -204,6 +213,53 @@ def check_recompute(name, overrides, report):
                                                          for k in grads[0])}
 
 
+def _convert_in_place(model):
+    """Stand-in for the kernel converter (``m2dist.kernels.accelerate``): every parameter-free compute module and
+    every Monarch layer gets a subclass of its class, swapped in place (what the converter does), so nothing may rely
+    on exact classes."""
+    from m2dist.models.sequence_mixer import MixerCore
+    from m2dist.monarch.structured import StructuredLinear
+
+    for module in model.modules():
+        if isinstance(module, (MixerCore, StructuredLinear)) or type(module).__name__ == "GeluGLU":
+            module.__class__ = type("Converted" + type(module).__name__, (type(module),), {})
+    return model
+
+
+def check_converter_order(name, report):
+    """The plan composes with a kernel converter in either order: converted before TP (the trainer's order) or
+    after it, the TP model's logits and gradients equal the single-device reference's."""
+    from m2dist.models import build_model, preset_config
+    from m2dist.parallel import loss_functions
+    from m2dist.parallel.tensor_parallel import apply_tensor_parallel
+
+    cfg = preset_config(name, max_seq_len=32)
+    torch.manual_seed(1234)
+    ref = build_model(cfg)
+    ids, labels, mask = batch(cfg, 3, pad=cfg.arch in ("m2_bert", "bert"))
+    logits_ref, loss_ref = ref_loss(ref, ids, labels, mask)
+    loss_ref.backward()
+    out = {}
+    for order in ("convert_then_tp", "tp_then_convert"):
+        torch.manual_seed(1234)
+        model = build_model(cfg)
+        if order == "convert_then_tp":
+            model = apply_tensor_parallel(_convert_in_place(model), cfg, universal_info=False)
+        else:
+            model = _convert_in_place(apply_tensor_parallel(model, cfg, universal_info=False))
+        logits, loss = tp_loss(model, ids, labels, mask)
+        loss.backward()
+        grads = gather_grads(model)
+        out[order] = {
+            "logits_max_abs": (loss_functions(model).gather_logits(logits) - logits_ref).abs().max().item(),
+            "grad_tol_ratio": max((g - ref.get_parameter(k).grad).abs().max().item()
+                                  / (TOL["grad_abs"] + TOL["grad_rel"] * ref.get_parameter(k).grad.abs().max().item())
+                                  for k, g in grads.items()),
+            "converted": sum(type(m).__name__.startswith("Converted") for m in model.modules()),
+        }
+    report[f"converter:{name}"] = out
+
+
 def main():
     dist.init_process_group("gloo")
     import deepspeed
@@ -225,6 +281,8 @@ def main():
         check_preset(name, overrides, report)
     for name, overrides in RECOMPUTE:
         check_recompute(name, overrides, report)
+    for name in CONVERTED:
+        check_converter_order(name, report)
     report["wall_s"] = time.time() - t0
     if dist.get_rank() == 0:
         with open(sys.argv[1], "w") as f:

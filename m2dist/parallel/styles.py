@@ -1,0 +1,175 @@
+"""How a planned module's forward is wrapped: the styles of ``plan.AxisPlan.forward``.
+
+A style acts from outside the module: a forward pre-hook or hook on the instance (the module's own forward runs
+unchanged), a replacement of a parameter-free child (dropout), or -- for the two torch leaves whose maths changes,
+``nn.Linear`` row-parallel and ``nn.Embedding`` vocab-parallel -- a subclass that only changes ``forward``. Parameter
+names never change, and no model forward is copied.
+
+``apply(layer, path, plan, rank, size)`` runs before the layer's parameters are sliced, so a style reads the layer's
+full sizes; ``plan`` is the layer's ``AxisPlan``, so a style that cuts an activation the way a parameter is cut says
+``like=<parameter>`` instead of repeating the spec.
+
+Hooks live on module instances. A converter that runs after ``parallelize`` (``m2dist.kernels.accelerate`` when
+called in that order) must therefore convert modules in place -- swap ``__class__`` or copy the hooks over -- or the
+wrapping is lost; the trainer converts first (build -> accelerate -> tensor parallel -> activation checkpointing /
+compile), so there the styles are applied to the converted modules. The styles never test a module's exact class
+except the two torch leaves above, which the kernel converter does not replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m2dist.parallel.mappings import copy_to_tp, gather_last_dim, own_chunks, reduce_from_tp, scatter_blocks
+
+
+class Style:
+    def apply(self, layer: nn.Module, path: str, plan, rank: int, size: int) -> None:
+        raise NotImplementedError
+
+
+def _on_arg(index: int, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """A forward pre-hook that passes positional argument ``index`` through ``fn`` (None stays None)."""
+    def hook(module, args):
+        if len(args) <= index:
+            raise TypeError(f"{type(module).__name__} under tensor parallelism takes its argument {index} "
+                            f"positionally (a forward pre-hook transforms it)")
+        if args[index] is None:
+            return None
+        return (*args[:index], fn(args[index]), *args[index + 1:])
+    return hook
+
+
+def _on_output(fn: Callable[[torch.Tensor], torch.Tensor]):
+    def hook(module, args, output):
+        return fn(output)
+    return hook
+
+
+class CopyInput(Style):
+    """Enter the TP region with a replicated input: identity forward, all-reduce of its gradient in backward
+    (``copy_to_tp``). ``after``: a child whose *output* is the entry point when the child exists (the mixer's
+    pre-norm, whose replicated weights must be outside the region to get the full gradient)."""
+
+    def __init__(self, after: str = ""):
+        self.after = after
+
+    def apply(self, layer, path, plan, rank, size):
+        module = layer.get_submodule(path)
+        child = getattr(module, self.after, None) if self.after else None
+        if isinstance(child, nn.Module):
+            child.register_forward_hook(_on_output(copy_to_tp))
+        else:
+            module.register_forward_pre_hook(_on_arg(0, copy_to_tp))
+
+
+class SliceInput(Style):
+    """Positional argument ``arg`` (replicated, inside the region) -> this rank's part of its last dim, cut like
+    ``like``'s sharded dim. No communication either way (the region's entry reduces the gradient)."""
+
+    def __init__(self, arg: int, like: str):
+        self.arg, self.like = arg, like
+
+    def apply(self, layer, path, plan, rank, size):
+        stride = plan.params[self.like].stride
+        layer.get_submodule(path).register_forward_pre_hook(
+            _on_arg(self.arg, lambda x: own_chunks(x, stride, rank, size)))
+
+
+class ScatterInput(Style):
+    """Argument 0 (replicated) -> this rank's chunks of its last dim, cut like ``like``'s sharded dim; backward
+    all-gathers the disjoint chunk gradients (``scatter_blocks``)."""
+
+    def __init__(self, like: str):
+        self.like = like
+
+    def apply(self, layer, path, plan, rank, size):
+        stride = plan.params[self.like].stride
+        layer.get_submodule(path).register_forward_pre_hook(_on_arg(0, lambda x: scatter_blocks(x, stride)))
+
+
+class GatherOutput(Style):
+    """Channel-sharded output (contiguous slices in rank order) -> all-gathered; backward keeps this rank's slice."""
+
+    def apply(self, layer, path, plan, rank, size):
+        layer.get_submodule(path).register_forward_hook(_on_output(gather_last_dim))
+
+
+class RowParallelLinear(nn.Linear):
+    """Input features sharded, output summed over the group; the replicated bias is added once, after the sum."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = reduce_from_tp(F.linear(x, self.weight))
+        return y if self.bias is None else y + self.bias
+
+
+class ReduceOutput(Style):
+    """Row-parallel ``nn.Linear`` (torchtitan's ``RowwiseParallel``): the partial products are all-reduced before
+    the bias, so the layer becomes :class:`RowParallelLinear` (same parameters, only ``forward`` differs)."""
+
+    def apply(self, layer, path, plan, rank, size):
+        module = layer.get_submodule(path)
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"ReduceOutput shards an nn.Linear, {path} is a {type(module).__name__}")
+        module.__class__ = RowParallelLinear
+
+
+class VocabEmbedding(Style):
+    """Vocab-parallel ``nn.Embedding``: this rank's rows, a masked lookup, an all-reduce (``vocab``)."""
+
+    def apply(self, layer, path, plan, rank, size):
+        from m2dist.parallel.vocab import VocabParallelEmbedding
+
+        module = layer.get_submodule(path)
+        if not isinstance(module, nn.Embedding):
+            raise TypeError(f"VocabEmbedding shards an nn.Embedding, {path} is a {type(module).__name__}")
+        module.__class__ = VocabParallelEmbedding
+        module.vocab_start = rank * (module.num_embeddings // size)
+
+
+class ShardedDropout(Style):
+    """Dropout of a tensor whose last dim (``features`` of the layer, full size) is sharded in contiguous slices:
+    the child is replaced by ``rng.ShardedDropout``, which draws TP=1's mask and keeps this rank's columns."""
+
+    def __init__(self, features: str):
+        self.features = features
+
+    def apply(self, layer, path, plan, rank, size):
+        from m2dist.parallel.rng import ShardedDropout as Dropout
+
+        parent_path, _, name = path.rpartition(".")
+        parent = layer.get_submodule(parent_path)
+        full = operator.attrgetter(self.features)(layer)
+        setattr(parent, name, Dropout(getattr(parent, name).p, full, rank * (full // size)))
+
+
+class RankDropoutStream(Style):
+    """Run the module under a random stream distinct per rank while it trains with dropout ``p`` (> 0): its dropout
+    acts on sharded data whose mask cannot be drawn as TP=1's (SDPA's attention dropout). ``rng.rank_rng``."""
+
+    def __init__(self, p: str = "dropout"):
+        self.p = p
+
+    def apply(self, layer, path, plan, rank, size):
+        from m2dist.parallel.rng import rank_rng
+
+        module = layer.get_submodule(path)
+        open_streams: list[contextlib.ExitStack] = []
+
+        def enter(mod, args):
+            stack = contextlib.ExitStack()
+            if mod.training and getattr(mod, self.p) > 0:
+                stack.enter_context(rank_rng(rank))
+            open_streams.append(stack)
+
+        def leave(mod, args, output):
+            open_streams.pop().close()
+
+        module.register_forward_pre_hook(enter)
+        module.register_forward_hook(leave, always_call=True)
