@@ -189,12 +189,13 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
     import torch
 
     from m2dist.data import build_dataloader
+    from m2dist.data.contract import IGNORE_INDEX, task_of
     from m2dist.models import build_model
     from m2dist.train.layer_options import apply_layer_options
     from m2dist.train.metrics import memory_gib
     from m2dist.train.optimizer import build_optimizer
     from m2dist.train.schedule import build_scheduler
-    from m2dist.train.tasks import IGNORE_INDEX, forward, task_of, training_loss_sum
+    from m2dist.train.tasks import forward, training_loss_sum
 
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")

@@ -23,6 +23,7 @@ import numpy as np
 from data_prep.parts import Part, fingerprint, merge_parts, run_parts
 from data_prep.report import finish_split
 from m2dist.config.loader import ConfigError
+from m2dist.data.contract import IMAGE_COLUMN, IMAGE_COLUMNS, LABEL_COLUMN
 
 log = logging.getLogger("data_prep")
 
@@ -165,7 +166,7 @@ def prep_image_part(settings: ImagePrepSettings, part: Part, out_dir: Path, repo
     counts = {"images": 0, "copied": 0, "converted": 0, "resized": 0, "skipped": 0}
     per_class: dict[str, int] = {}
     skipped = []
-    with writer_cls(out=str(out_dir), columns={"image": "jpeg", "label": "int"}, hashes=["sha1"],
+    with writer_cls(out=str(out_dir), columns=IMAGE_COLUMNS, hashes=["sha1"],
                     size_limit=settings.shard_size) as writer:
         for path, label in part.inputs:
             try:
@@ -174,7 +175,7 @@ def prep_image_part(settings: ImagePrepSettings, part: Part, out_dir: Path, repo
                 counts["skipped"] += 1
                 skipped.append({"file": path, "line": None, "reason": f"unreadable image: {exc}"})
                 continue
-            writer.write({"image": data, "label": label})
+            writer.write({IMAGE_COLUMN: data, LABEL_COLUMN: label})
             counts["images"] += 1
             counts[action] += 1
             per_class[str(label)] = per_class.get(str(label), 0) + 1

@@ -20,6 +20,7 @@ from data_prep.packing import Packer
 from data_prep.parts import Part, file_sha256, fingerprint, merge_parts, run_parts
 from data_prep.report import finish_split
 from m2dist.config.loader import ConfigError
+from m2dist.data.contract import SOURCE_COLUMN, TOKENS_COLUMN
 from m2dist.data.tokenizer import load_sentencepiece, token_dtype
 
 log = logging.getLogger("data_prep")
@@ -50,9 +51,9 @@ class TextPrepSettings:
 
 
 def text_columns(fmt: str, vocab_size: int) -> dict:
-    columns = {"tokens": token_dtype(vocab_size)}
+    columns = {TOKENS_COLUMN: token_dtype(vocab_size)}
     if fmt == "pile":
-        columns["source"] = "str"
+        columns[SOURCE_COLUMN] = "str"
     return columns
 
 
@@ -62,7 +63,7 @@ def prep_text_part(settings: TextPrepSettings, part: Part, out_dir: Path, report
 
     sp = load_sentencepiece(settings.tokenizer)
     eos = sp.eos_id()
-    dtype = settings.columns["tokens"].split(":")[1]
+    dtype = settings.columns[TOKENS_COLUMN].split(":")[1]
     packer = Packer(settings.seq_len, settings.pack, dtype)
     counts = {"documents": 0, "tokens": 0, "samples": 0, "skipped": 0, "filtered": 0}
     filtered_by_subset: dict[str, int] = {}
@@ -78,9 +79,9 @@ def prep_text_part(settings: TextPrepSettings, part: Part, out_dir: Path, report
                 ids.append(eos)
                 tokens += len(ids)
                 for sample, source in packer.add(ids, doc.source):
-                    row = {"tokens": sample}
-                    if "source" in settings.columns:
-                        row["source"] = source or ""
+                    row = {TOKENS_COLUMN: sample}
+                    if SOURCE_COLUMN in settings.columns:
+                        row[SOURCE_COLUMN] = source or ""
                     writer.write(row)
                     counts["samples"] += 1
             counts["documents"] += len(batch)

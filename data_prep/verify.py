@@ -16,6 +16,7 @@ from typing import Optional
 from data_prep.parts import MERGED_INDEX
 from data_prep.report import REPORT_NAME
 from m2dist.data.checks import shard_problems
+from m2dist.data.contract import IMAGE_COLUMN, LABEL_COLUMN, SOURCE_COLUMN, TOKENS_COLUMN
 
 
 def find_splits(root: Path) -> list[Path]:
@@ -46,19 +47,19 @@ def verify_split(split_dir: Path, sp, show: int) -> list[str]:
     tokens, lengths, per_label, sources = 0, Counter(), Counter(), Counter()
     for i in range(ds.num_samples):
         sample = ds[i]
-        if "tokens" in columns:
-            ids = sample["tokens"]
+        if TOKENS_COLUMN in columns:
+            ids = sample[TOKENS_COLUMN]
             tokens += len(ids)
             lengths[len(ids)] += 1
             if sp is not None and len(ids) and int(ids.max()) >= sp.get_piece_size():
                 errors.append(f"{split_dir} sample {i}: token id {int(ids.max())} >= vocab {sp.get_piece_size()}")
-            if "source" in columns:
-                sources[sample["source"]] += 1
+            if SOURCE_COLUMN in columns:
+                sources[sample[SOURCE_COLUMN]] += 1
             if i < show:
                 text = sp.decode(ids.tolist()) if sp is not None else str(ids[:32].tolist())
                 print(f"  sample {i}: {text[:200]!r}")
-        if "image" in columns:
-            img = sample["image"]
+        if IMAGE_COLUMN in columns:
+            img = sample[IMAGE_COLUMN]
             try:
                 img.load()
             except OSError as exc:
@@ -66,9 +67,9 @@ def verify_split(split_dir: Path, sp, show: int) -> list[str]:
                 continue
             if img.mode != "RGB":
                 errors.append(f"{split_dir} sample {i}: image mode {img.mode}, expected RGB")
-            per_label[int(sample["label"])] += 1
+            per_label[int(sample[LABEL_COLUMN])] += 1
             if i < show:
-                print(f"  sample {i}: {img.format} {img.mode} {img.size[0]}x{img.size[1]} label {sample['label']}")
+                print(f"  sample {i}: {img.format} {img.mode} {img.size[0]}x{img.size[1]} label {sample[LABEL_COLUMN]}")
     if ds.num_samples != indexed:
         errors.append(f"{split_dir}: read {ds.num_samples} samples, index lists {indexed}")
 
@@ -82,7 +83,7 @@ def verify_split(split_dir: Path, sp, show: int) -> list[str]:
             errors.append(f"{split_dir}: {tokens} tokens, {REPORT_NAME} says {totals['written_tokens']}")
 
     line = f"{split_dir}: {len(index['shards'])} shards ok, {indexed:,} samples"
-    if "tokens" in columns:
+    if TOKENS_COLUMN in columns:
         line += f", {tokens:,} tokens (sample lengths: {dict(sorted(lengths.items())[:5])})"
         if sources:
             line += f", by source: {dict(sorted(sources.items()))}"

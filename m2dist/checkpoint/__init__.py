@@ -15,6 +15,7 @@ Layout of ``checkpoint.dir``::
                                    ZeRO-0 files cut for another tensor-parallel size); removed once loaded
 """
 
-from m2dist.checkpoint.manager import CheckpointManager, Resumable, verify_checkpoint
+from m2dist.checkpoint.files import verify_checkpoint
+from m2dist.checkpoint.manager import CheckpointManager, Resumable
 
 __all__ = ["CheckpointManager", "Resumable", "verify_checkpoint"]

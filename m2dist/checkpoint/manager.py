@@ -4,42 +4,51 @@ different data-/tensor-parallel layout), keep the last K.
 Model and optimizer go through DeepSpeed's own sharded format (one model file per tensor rank, ZeRO optimizer shards
 per data x tensor rank): it restores bit-exactly for every ZeRO stage (stack-facts §2). Everything DeepSpeed does
 not own -- the step, consumed samples, each rank's data-loader and RNG state, the resolved config -- is written
-next to it. Resharding goes through DeepSpeed's universal (per-parameter, layout-free) form, converted on demand.
+next to it. Resharding goes through DeepSpeed's universal (per-parameter, layout-free) form, converted on demand
+(``universal.py``), or for ZeRO-0 at another tensor-parallel size through ``zero0_reshard.py``; ``layout.py`` decides
+which.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import copy
-import io
 import json
 import os
-import re
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
 from m2dist.checkpoint import manifest
+from m2dist.checkpoint.atomic import fsync_dir, write_atomic
+from m2dist.checkpoint.files import (
+    CONFIG_FILE,
+    CONVERSIONS_DIR,
+    LATEST,
+    LEGACY_CONVERSION_DIRS,
+    RANKS_DIR,
+    TRAINER_STATE,
+    list_checkpoints,
+    verify_checkpoint,
+)
+from m2dist.checkpoint.host_copy import HostCopyCheckpointEngine, to_host
+from m2dist.checkpoint.layout import Layout, LoadPlan, parameter_layout, plan_load
+from m2dist.checkpoint.optimizer_repair import (
+    group_hyperparameters,
+    restore_group_hyperparameters,
+    unshare_step_counters,
+)
+from m2dist.checkpoint.universal import convert_to_universal, deepspeed_tensor_group
+from m2dist.checkpoint.zero0_reshard import optimizer_group_names, reshard_zero0
+# Not used here: checkpoint/export.py imports them from this module (they live in files.py now).
+from m2dist.checkpoint.files import read_trainer_state, step_of  # noqa: F401,E402
 from m2dist.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-STEP_DIR = re.compile(r"^step_(\d+)$")
-TRAINER_STATE = "trainer_state.json"
-CONFIG_FILE = "config.yaml"
-RANKS_DIR = "ranks"
-LATEST = "latest"
-# The one place for temporary conversions made while resuming at another layout (DeepSpeed's universal form, a
-# ZeRO-0 checkpoint cut for another tensor-parallel size). Each is removed as soon as every rank has loaded it, and
-# whatever a dead job left here is removed when the next job starts.
-CONVERSIONS_DIR = ".conversions"
-LEGACY_CONVERSION_DIRS = (".universal",)  # where earlier versions kept the universal copies (never pruned)
 
 
 @dataclass
@@ -49,28 +58,6 @@ class Resumable:
     step: int = 0
     consumed_samples: int = 0
     tokens: int = 0
-
-
-@dataclass
-class Layout:
-    world_size: int
-    data_parallel: int
-    tensor_parallel: int
-    zero_stage: int
-    global_batch_size: int
-    micro_batch_size: int
-
-
-@dataclass
-class LoadPlan:
-    path: str
-    trainer_state: dict
-    # How the model/optimizer are read: "native" (same layout, or ZeRO-0 at another data-parallel size: its optimizer
-    # is not partitioned), "universal" (DeepSpeed's per-parameter conversion: another data-/tensor-parallel size or
-    # ZeRO stage, ZeRO >= 1 on both sides) or "zero0_tp" (ZeRO-0 at another tensor-parallel size: the model and
-    # optimizer files are merged over the tensor ranks and cut again, see reshard_zero0).
-    mode: str
-    reasons: list = field(default_factory=list)
 
 
 def _rank() -> int:
@@ -103,98 +90,6 @@ def _test_stall(tmp: str, step: int) -> None:
         open(os.path.join(tmp, f"STALLED_rank_{_rank()}"), "w").close()
         while True:
             time.sleep(1)
-
-
-def _to_host(obj, memo=None):
-    """A copy of ``obj`` with every tensor copied to host memory (the same tensor object once: tied weights stay
-    shared); containers rebuilt, other values deep-copied. The copy is what the background writer saves, so training
-    may change the originals right after."""
-    memo = {} if memo is None else memo
-    if torch.is_tensor(obj):
-        if id(obj) not in memo:
-            memo[id(obj)] = obj.detach().to("cpu", copy=True)
-        return memo[id(obj)]
-    if isinstance(obj, dict):
-        out = {k: _to_host(v, memo) for k, v in obj.items()}
-        return collections.OrderedDict(out) if isinstance(obj, collections.OrderedDict) else out
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(_to_host(v, memo) for v in obj)
-    return copy.deepcopy(obj)
-
-
-class _HostCopyCheckpointEngine:
-    """Stands in for DeepSpeed's checkpoint engine during an asynchronous save: ``save`` keeps a host copy of the
-    state and its path instead of writing; everything else is the real engine's."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.files: list[tuple[str, Any]] = []
-
-    def save(self, state_dict, path: str):
-        self.files.append((path, _to_host(state_dict)))
-
-    def preserves_storage_sharing(self):
-        # DeepSpeed would clone each tensor (on its device) so that torch.save does not write whole flat buffers;
-        # the host copy already makes each tensor its own storage.
-        return False
-
-    def __getattr__(self, attr):
-        return getattr(self.inner, attr)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-
-
-def step_of(path: str) -> int:
-    m = STEP_DIR.match(os.path.basename(os.path.normpath(path)))
-    if not m:
-        raise ValueError(f"{path} is not a checkpoint directory (expected .../step_<N>)")
-    return int(m.group(1))
-
-
-def list_checkpoints(root: str) -> list[str]:
-    """Committed-looking checkpoint directories (step_<N>), newest first. Temporary ones are never listed."""
-    if not os.path.isdir(root):
-        return []
-    names = [n for n in os.listdir(root) if STEP_DIR.match(n) and os.path.isdir(os.path.join(root, n))]
-    return [os.path.join(root, n) for n in sorted(names, key=lambda n: -int(STEP_DIR.match(n).group(1)))]
-
-
-def verify_checkpoint(path: str, collective: bool = True) -> Optional[str]:
-    """None if ``path`` is a complete checkpoint, else the reason (see :func:`manifest.check`)."""
-    return manifest.check(path, collective=collective)
-
-
-def read_trainer_state(path: str) -> dict:
-    with open(os.path.join(path, TRAINER_STATE)) as f:
-        return json.load(f)
-
-
-def parameter_layout(model: torch.nn.Module) -> dict:
-    """Per-parameter shard description: local shape and, for tensor-parallel parameters, the partition dimension
-    (megatron-core's ``tensor_model_parallel``/``partition_dim``/``partition_stride`` attributes). With it a
-    checkpoint says how to rebuild each global tensor from the tensor ranks' files."""
-    out = {}
-    for name, p in model.named_parameters():
-        entry: dict[str, Any] = {"shape": list(getattr(p, "ds_shape", p.shape))}
-        if getattr(p, "tensor_model_parallel", False):
-            entry["partition_dim"] = int(getattr(p, "partition_dim", 0))
-            entry["partition_stride"] = int(getattr(p, "partition_stride", 1))
-        out[name] = entry
-    return out
 
 
 class CheckpointManager:
@@ -255,13 +150,13 @@ class CheckpointManager:
             return final
         # Asynchronous: DeepSpeed's collectives and its state gathering run here, as in a synchronous save, but each
         # file it would write is captured as a host copy; the background thread writes and commits them.
-        capture = _HostCopyCheckpointEngine(engine.checkpoint_engine)
+        capture = HostCopyCheckpointEngine(engine.checkpoint_engine)
         engine.checkpoint_engine = capture
         try:
             engine.save_checkpoint(self.root, tag=tmp_tag, client_state=client_state, save_latest=False)
         finally:
             engine.checkpoint_engine = capture.inner
-        rank_state = _to_host(rank_state)
+        rank_state = to_host(rank_state)
         self._pending = threading.Thread(
             target=self._write_in_background, name=f"m2dist-save-{name}", daemon=True,
             args=(capture.files, tmp, final, name, rank_state, trainer_state, config_yaml, state.step))
@@ -281,8 +176,8 @@ class CheckpointManager:
         os.makedirs(os.path.join(tmp, RANKS_DIR), exist_ok=True)
         torch.save(rank_state, os.path.join(tmp, RANKS_DIR, f"rank_{_rank():05d}.pt"))
         if _rank() == 0:
-            _write_atomic(os.path.join(tmp, TRAINER_STATE), json.dumps(trainer_state, indent=1))
-            _write_atomic(os.path.join(tmp, CONFIG_FILE), config_yaml)
+            write_atomic(os.path.join(tmp, TRAINER_STATE), json.dumps(trainer_state, indent=1))
+            write_atomic(os.path.join(tmp, CONFIG_FILE), config_yaml)
 
     def _write_in_background(self, files, tmp, final, name, rank_state, trainer_state, config_yaml, step) -> None:
         try:
@@ -313,8 +208,8 @@ class CheckpointManager:
             if os.path.exists(final):  # a re-save of the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)  # the commit
-            _fsync_dir(self.root)
-            _write_atomic(os.path.join(self.root, LATEST), name + "\n")  # written last
+            fsync_dir(self.root)
+            write_atomic(os.path.join(self.root, LATEST), name + "\n")  # written last
             self._prune()
         _barrier(group)
 
@@ -347,37 +242,8 @@ class CheckpointManager:
         return None
 
     def plan_load(self, path: str) -> LoadPlan:
-        state = read_trainer_state(path)
-        saved = Layout(**state["layout"])
-        now = self.layout
-        reasons = []
-        if saved.global_batch_size != now.global_batch_size:
-            # The data order is defined per global batch: changing it would repeat or skip samples.
-            raise RuntimeError(
-                f"{path} was trained with trainer.global_batch_size={saved.global_batch_size}; resuming needs the "
-                f"same global batch (now {now.global_batch_size})"
-            )
-        if saved.tensor_parallel != now.tensor_parallel:
-            reasons.append(f"tensor parallel {saved.tensor_parallel} -> {now.tensor_parallel}")
-        if saved.data_parallel != now.data_parallel:
-            reasons.append(f"data parallel {saved.data_parallel} -> {now.data_parallel}")
-        if saved.zero_stage != now.zero_stage:
-            reasons.append(f"ZeRO stage {saved.zero_stage} -> {now.zero_stage}")
-        if not reasons:
-            return LoadPlan(path, state, "native")
-        if saved.zero_stage == 0 and now.zero_stage == 0:
-            if saved.tensor_parallel == now.tensor_parallel:
-                # ZeRO-0 keeps the whole optimizer state in the per-tensor-rank model file: any data-parallel size
-                # reads it.
-                return LoadPlan(path, state, "native", reasons)
-            return LoadPlan(path, state, "zero0_tp", reasons)
-        if saved.zero_stage == 0 or now.zero_stage == 0:
-            raise RuntimeError(
-                f"cannot reshard {path} ({', '.join(reasons)}): a change between ZeRO-0 and ZeRO >= 1 is not "
-                f"supported (layout changes are, at any one stage); resume with "
-                f"deepspeed.zero_stage={saved.zero_stage}"
-            )
-        return LoadPlan(path, state, "universal", reasons)
+        """How ``path`` is loaded at this job's layout (:func:`m2dist.checkpoint.layout.plan_load`)."""
+        return plan_load(path, self.layout)
 
     def _conversion(self, plan: LoadPlan, engine) -> tuple[str, str]:
         """(load_dir, tag) of the temporary conversion of ``plan.path`` for this layout, made by rank 0 under
@@ -390,7 +256,7 @@ class CheckpointManager:
             tag = f"zero0_tp{self.layout.tensor_parallel}_{step_name}"
         out = os.path.join(load_dir, tag)
         # The ZeRO-0 conversion needs the optimizer's parameter order, which every rank has: rank 0 uses its own.
-        group_names = _optimizer_group_names(engine) if plan.mode == "zero0_tp" else None
+        group_names = optimizer_group_names(engine) if plan.mode == "zero0_tp" else None
         if _rank() == 0:
             if plan.mode == "universal":
                 convert_to_universal(plan.path, out)
@@ -407,9 +273,9 @@ class CheckpointManager:
             load_dir, tag = self._conversion(plan, engine)
         else:
             load_dir, tag = os.path.dirname(os.path.normpath(plan.path)), os.path.basename(os.path.normpath(plan.path))
-        hyper = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in engine.optimizer.param_groups]
+        hyper = group_hyperparameters(engine)
         try:
-            with _deepspeed_tensor_group(self.groups if plan.mode == "universal" else None):
+            with deepspeed_tensor_group(self.groups if plan.mode == "universal" else None):
                 loaded, _ = engine.load_checkpoint(load_dir, tag=tag, load_module_strict=True,
                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
         finally:
@@ -424,8 +290,8 @@ class CheckpointManager:
         if loaded is None:
             raise RuntimeError(f"DeepSpeed could not load {plan.path}")
         if plan.mode == "universal":
-            _restore_group_hyperparameters(engine, hyper)
-            _unshare_step_counters(engine)
+            restore_group_hyperparameters(engine, hyper)
+            unshare_step_counters(engine)
         if plan.reasons:
             return None
         return torch.load(os.path.join(plan.path, RANKS_DIR, f"rank_{_rank():05d}.pt"), weights_only=False)
@@ -434,195 +300,3 @@ class CheckpointManager:
     def saved_rank_states(path: str) -> list[dict]:
         files = sorted(os.listdir(os.path.join(path, RANKS_DIR)))
         return [torch.load(os.path.join(path, RANKS_DIR, f), weights_only=False) for f in files]
-
-
-def _restore_group_hyperparameters(engine, hyper: list[dict]) -> None:
-    """DeepSpeed 0.19's ZeRO-3 universal load copies param group 0's hyperparameters (weight decay, initial LR, ...)
-    into every group, which would give the no-decay and filter groups the decay group's settings. They come from the
-    config anyway, so put back the freshly built ones, and each group's current LR from the restored schedule."""
-    groups = engine.optimizer.param_groups
-    last_lr = engine.lr_scheduler.get_last_lr() if engine.lr_scheduler is not None else None
-    for i, (group, saved) in enumerate(zip(groups, hyper)):
-        group.update(saved)
-        if last_lr is not None:
-            group["lr"] = last_lr[i]
-
-
-@contextlib.contextmanager
-def _deepspeed_tensor_group(groups):
-    """DeepSpeed 0.19.8's ZeRO-3 universal load asks ``deepspeed.utils.groups.get_tensor_model_parallel_group()`` for
-    the tensor group when it cuts a parameter for its tensor rank; only DeepSpeed's own AutoTP sets that group (ZeRO-1/2
-    read it from the ``mpu`` m2dist passes). Set it to megatron-core's tensor group for the load, and put it back."""
-    from deepspeed.utils import groups as ds_groups
-
-    tensor_group = getattr(groups, "tensor_group", None) if groups is not None else None
-    if tensor_group is None or getattr(groups, "tensor_size", 1) == 1 or \
-            ds_groups._TENSOR_MODEL_PARALLEL_GROUP is not None:
-        yield
-        return
-    ds_groups._TENSOR_MODEL_PARALLEL_GROUP = tensor_group
-    try:
-        yield
-    finally:
-        ds_groups._TENSOR_MODEL_PARALLEL_GROUP = None
-
-
-def _unshare_step_counters(engine) -> None:
-    """DeepSpeed 0.19.8's ZeRO-3 universal load (``load_hp_checkpoint_state_from_checkpoint_dir_stage3``) stores one
-    and the same ``step`` tensor in the state of every sub-group. torch's AdamW increments ``state['step']`` in place
-    once per group, so with G param groups (m2dist has 3: decay, no_decay, filter) the shared counter advanced G
-    times per optimizer step: from the first step after the resume Adam's bias correction used the wrong step, and
-    the losses drifted ~1e-4 relative from an uninterrupted run. Give each state its own counter again (a native
-    load and ZeRO-1/2's universal load already do)."""
-    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    seen = set()
-    for state in base.state.values():
-        step = state.get("step")
-        if torch.is_tensor(step):
-            if id(step) in seen:
-                state["step"] = step.clone()
-            seen.add(id(state["step"]))
-
-
-def _optimizer_group_names(engine) -> list[dict]:
-    """The live optimizer's groups as ``[{"name": group name, "params": [parameter names in order]}]``."""
-    names = {id(p): n for n, p in engine.module.named_parameters()}
-    return [{"name": g.get("name"), "params": [names[id(p)] for p in g["params"]]}
-            for g in engine.optimizer.param_groups]
-
-
-def reshard_zero0(path: str, out: str, tensor_parallel: int, data_parallel: int, group_names: list[dict]) -> None:
-    """ZeRO-0 checkpoint ``path`` (any tensor-parallel size) -> DeepSpeed's ZeRO-0 files for ``tensor_parallel``
-    tensor ranks in ``out``, loadable natively.
-
-    At ZeRO-0 each tensor rank's ``mp_rank_XX_model_states.pt`` holds its slice of the model and the torch AdamW
-    state of those slices (moments shaped like their parameters; ``step`` per parameter). Parameters and moments
-    are merged over the saved tensor ranks and cut for the new ones with m2dist.parallel.sharding's plan (exact
-    concatenation and slicing, strided layouts included). The optimizer state is keyed by position: a saved group's
-    positions are its parameters in the saved model's parameter order (``trainer_state.json``), restricted to the
-    names the live optimizer puts in that group (group membership depends on the parameter, not the layout); the
-    new files use the live optimizer's order. Shapes are checked against the saved model slices."""
-    import glob
-
-    from m2dist.checkpoint.export import _load_config_from_checkpoint
-    from m2dist.parallel.sharding import REPLICATED, gather_tensor, shard_plan, shard_state_dict, shard_tensor
-
-    files = sorted(glob.glob(os.path.join(path, "mp_rank_*_model_states.pt")))
-    shards = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
-    order = list(read_trainer_state(path)["parameters"])
-    plan = shard_plan(_load_config_from_checkpoint(path).model)
-    membership = {g["name"]: set(g["params"]) for g in group_names}
-
-    per_rank = []  # per saved tensor rank: {parameter name: its AdamW state}
-    for f, shard in zip(files, shards):
-        by_name = {}
-        for group in shard["optimizer"]["param_groups"]:
-            if group.get("name") not in membership:
-                raise RuntimeError(f"{f}: optimizer group {group.get('name')!r} is not one of the live optimizer's")
-            names = [n for n in order if n in membership[group["name"]]]
-            if len(names) != len(group["params"]):
-                raise RuntimeError(f"{f}: optimizer group {group['name']!r} has {len(group['params'])} parameters, "
-                                   f"the model {len(names)}")
-            for name, index in zip(names, group["params"]):
-                st = shard["optimizer"]["state"].get(index)
-                if st is None:
-                    continue
-                for key, value in st.items():
-                    if torch.is_tensor(value) and value.dim() > 0 and value.shape != shard["module"][name].shape:
-                        raise RuntimeError(f"{f}: optimizer state {key} of {name} is {tuple(value.shape)}, the "
-                                           f"parameter {tuple(shard['module'][name].shape)}")
-                by_name[name] = st
-        per_rank.append(by_name)
-
-    def merge(name, key):
-        values = [r[name][key] for r in per_rank]
-        if not torch.is_tensor(values[0]) or values[0].dim() == 0:
-            return values[0]
-        return gather_tensor(values, plan.get(name, REPLICATED))
-
-    full_module = {k: gather_tensor([s["module"][k] for s in shards], plan.get(k, REPLICATED))
-                   for k in shards[0]["module"]}
-    full_state = {n: {k: merge(n, k) for k in per_rank[0][n]} for n in per_rank[0]}
-
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    log.info("cutting ZeRO-0 checkpoint %s (tensor parallel %d) for tensor parallel %d in %s", path, len(shards),
-             tensor_parallel, out)
-    for rank in range(tensor_parallel):
-        state, groups, index = {}, [], 0
-        for saved_group, live in zip(shards[0]["optimizer"]["param_groups"], group_names):
-            ids = []
-            for name in live["params"]:
-                if name in full_state:
-                    state[index] = {k: (shard_tensor(v, plan.get(name, REPLICATED), rank, tensor_parallel)
-                                        if torch.is_tensor(v) and v.dim() > 0 else
-                                        (v.clone() if torch.is_tensor(v) else v))
-                                    for k, v in full_state[name].items()}
-                ids.append(index)
-                index += 1
-            groups.append({**saved_group, "params": ids})
-        new = dict(shards[0])
-        new["module"] = shard_state_dict(full_module, rank, tensor_parallel, plan)
-        new["optimizer"] = {"state": state, "param_groups": groups}
-        new["mp_world_size"], new["dp_world_size"] = tensor_parallel, data_parallel
-        torch.save(new, os.path.join(tmp, f"mp_rank_{rank:02d}_model_states.pt"))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-
-
-def resolve_checkpoint(path: str) -> str:
-    """``path`` itself for a checkpoint directory (``.../step_<N>``); for a checkpoint root (``checkpoint.dir``,
-    holding ``latest``), the checkpoint ``latest`` names."""
-    latest = os.path.join(path, LATEST)
-    if not os.path.exists(os.path.join(path, manifest.MANIFEST)) and os.path.isfile(latest):
-        with open(latest) as f:
-            return os.path.join(path, f.read().strip())
-    return path
-
-
-def _wrap_plain_universal_tensors(folder: str) -> None:
-    """DeepSpeed 0.19.8 writes the universal files of a ZeRO-3 checkpoint without tensor parallelism as bare tensors,
-    every other kind as ``{"param": tensor, ...}``. ZeRO-3's universal load cuts a parameter for the loading tensor
-    rank only when the file is such a dict, so a ZeRO-3 TP=1 checkpoint could not be loaded at TP=2 (each rank got
-    the full tensor: "start + length exceeds dimension size"). Store them as dicts as well; the loaders read both."""
-    from deepspeed.checkpoint.constants import PARAM
-
-    zero = os.path.join(folder, "zero")
-    for name in os.listdir(zero):
-        param_dir = os.path.join(zero, name)
-        if not os.path.isdir(param_dir):
-            continue
-        for f in ("fp32.pt", "exp_avg.pt", "exp_avg_sq.pt"):  # not step.pt (ZeRO-1/2: a bare scalar, read as such)
-            full = os.path.join(param_dir, f)
-            if not os.path.exists(full):
-                continue
-            value = torch.load(full, map_location="cpu", weights_only=False)
-            if torch.is_tensor(value):
-                torch.save({PARAM: value}, full)
-
-
-def convert_to_universal(path: str, out: str) -> None:
-    """DeepSpeed checkpoint -> universal (one folder per parameter with fp32 weights and optimizer moments).
-
-    Written under a temporary name and committed by rename, with a manifest, like a checkpoint."""
-    from types import SimpleNamespace
-
-    from deepspeed.checkpoint import ds_to_universal
-
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    log.info("converting %s to DeepSpeed's universal form in %s", path, out)
-    args = SimpleNamespace(input_folder=path, output_folder=tmp, num_extract_workers=1, num_merge_workers=1,
-                           keep_temp_folder=False, strict=True, inject_missing_state=False)
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints a progress line per parameter
-        ds_to_universal.main(args)
-    # ds_to_universal also writes a `latest_universal` file beside its output folder: not ours to keep.
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(os.path.dirname(tmp), "latest_universal"))
-    _wrap_plain_universal_tensors(tmp)
-    manifest.write_manifest(tmp, {f: {"size": os.path.getsize(os.path.join(tmp, f)), "sha256": ""}
-                                  for f in manifest.list_files(tmp)})
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)

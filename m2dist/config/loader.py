@@ -238,17 +238,21 @@ def resolve_dict(path: str | Path | None, overrides: Iterable[str] = ()) -> tupl
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Load ``path`` (following ``extends``), apply ``key=value`` overrides, validate, return a Config."""
     data, sources = resolve_dict(path, overrides)
-    return _validated(_build(Config, data, sources), sources)
+    return _validated(_build(Config, data, sources), data, sources)
 
 
 def config_from_dict(data: dict) -> Config:
     """Rebuild a Config from :func:`config_to_dict` output (e.g. the copy saved in a checkpoint)."""
-    return _validated(_build(Config, data, {}), {})
+    return _validated(_build(Config, data, {}), data, {})
 
 
-def _validated(cfg: Config, sources: dict[str, str]) -> Config:
+def _validated(cfg: Config, data: dict, sources: dict[str, str]) -> Config:
+    from m2dist.config.model import TASK_OF_ARCH
     from m2dist.config.validate import problems
 
+    if "kind" not in (data.get("data") or {}):
+        # Not given: the reader reads what the arch trains on (a model-only file such as configs/models/*.yaml).
+        cfg.data.kind = TASK_OF_ARCH[cfg.model.arch]
     found = problems(cfg, sources)
     if found:
         more = f" (and {len(found) - 1} more: {'; '.join(found[1:])})" if len(found) > 1 else ""

@@ -10,6 +10,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 Arch = Literal["m2_bert", "m2_gpt", "m2_vit", "bert", "gpt", "vit"]
+# What a run trains: next-token LM, masked LM, or image classification. It fixes what the batches hold
+# (m2dist.data.contract), the loss and the evaluation statistics (m2dist.train.tasks).
+Task = Literal["causal_lm", "mlm", "image"]
+# The task of each arch: the one place it is written. data.kind must agree (checked when the config loads).
+TASK_OF_ARCH: dict[str, Task] = {
+    "m2_gpt": "causal_lm", "gpt": "causal_lm",
+    "m2_bert": "mlm", "bert": "mlm",
+    "m2_vit": "image", "vit": "image",
+}
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from m2dist.config.model import ModelConfig
+from m2dist.config.model import ModelConfig, Task
 
 
 @dataclass
@@ -18,8 +18,9 @@ class DataConfig:
     path: str = ""
     # Sentencepiece model; the model's vocabulary size follows it unless model.vocab_size is set.
     tokenizer: str = ""
-    # What the samples are read as: next-token LM, masked LM, or labelled images.
-    kind: Literal["causal_lm", "mlm", "image"] = "causal_lm"
+    # What the samples are read as: next-token LM, masked LM, or labelled images. Left unset in a config file, it
+    # is the task of model.arch (m2dist.config.model.TASK_OF_ARCH); set, it must be that task.
+    kind: Task = "causal_lm"
     train_split: str = "train"
     eval_split: str = "val"
     # MLM masking rate (the M2-BERT recipe trains at 30%).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from m2dist.config.model import TASK_OF_ARCH
 from m2dist.config.schema import Config
 
 
@@ -95,4 +96,11 @@ def problems(cfg: Config, sources: dict[str, str]) -> list[str]:
     if t.micro_batch_size >= 1 and t.global_batch_size >= 1 and t.global_batch_size % t.micro_batch_size:
         bad("trainer.global_batch_size", t.global_batch_size,
             f"a multiple of trainer.micro_batch_size={t.micro_batch_size}")
+    arch, kind = cfg.model.arch, cfg.data.kind
+    if kind != TASK_OF_ARCH[arch]:
+        same_kind = ", ".join(a for a, task in TASK_OF_ARCH.items() if task == kind)
+        out.append(f"config keys 'data.kind' (from {source_of('data.kind', sources)}) and 'model.arch' (from "
+                   f"{source_of('model.arch', sources)}) disagree: data.kind={kind!r} but model.arch={arch!r} "
+                   f"trains on {TASK_OF_ARCH[arch]!r} data (set data.kind={TASK_OF_ARCH[arch]}, or an arch that "
+                   f"trains on {kind!r}: {same_kind})")
     return out

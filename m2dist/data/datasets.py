@@ -6,11 +6,10 @@ as ``sample_ids``; the transforms in ``samples.py`` and ``image_transforms.py`` 
 
 from __future__ import annotations
 
-
-
 import torch
 from streaming import StreamingDataset
 
+from m2dist.data.contract import IMAGE_COLUMN, IMAGES, LABEL_COLUMN, LABELS, SAMPLE_IDS, TOKENS_COLUMN
 from m2dist.data.image_transforms import image_tensor
 from m2dist.data.samples import causal_lm_example, mlm_example
 from m2dist.data.tokenizer import TokenizerInfo
@@ -40,7 +39,7 @@ class TokenDataset(_EpochAware):
         self.seed = seed
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        tokens = super().__getitem__(idx)["tokens"]
+        tokens = super().__getitem__(idx)[TOKENS_COLUMN]
         if self.kind == "causal_lm":
             example = causal_lm_example(tokens, self.seq_len, self.tokenizer.pad_id)
         else:
@@ -49,7 +48,7 @@ class TokenDataset(_EpochAware):
                                   vocab_size=t.vocab_size, special_ids=t.special_ids,
                                   probability=self.mlm_probability, seed=self.seed, epoch=self.current_epoch,
                                   sample_id=idx)
-        example["sample_ids"] = torch.tensor(idx, dtype=torch.int64)
+        example[SAMPLE_IDS] = torch.tensor(idx, dtype=torch.int64)
         return example
 
 
@@ -64,7 +63,7 @@ class ImageDataset(_EpochAware):
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         sample = super().__getitem__(idx)
-        images = image_tensor(sample["image"], self.image_size, train=self.train, seed=self.seed,
+        images = image_tensor(sample[IMAGE_COLUMN], self.image_size, train=self.train, seed=self.seed,
                               epoch=self.current_epoch, sample_id=idx)
-        return {"images": images, "labels": torch.tensor(int(sample["label"]), dtype=torch.int64),
-                "sample_ids": torch.tensor(idx, dtype=torch.int64)}
+        return {IMAGES: images, LABELS: torch.tensor(int(sample[LABEL_COLUMN]), dtype=torch.int64),
+                SAMPLE_IDS: torch.tensor(idx, dtype=torch.int64)}

@@ -15,10 +15,12 @@ data-parallel size but the same global batch continues without repeating or skip
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from m2dist.config.loader import ConfigError
+from m2dist.config.model import Task
 
 # The upper bound of canonical nodes: the global order is only defined for a fixed count, and every
 # physical node count that divides it (1, 2, 4, ..., 64) can resume it.
@@ -74,8 +76,7 @@ def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len:
     ``train`` (default: ``split == data_config.train_split``) selects shuffling and augmentation; eval
     splits are read in order with the eval transforms. ``seed`` (default ``data_config.shuffle_seed``)
     seeds MLM masking and image augmentation; the shuffle uses ``data_config.shuffle_seed``.
-    LM batches: ``input_ids``, ``labels`` (-100 = ignored), ``attention_mask`` (1 = real token), ``sample_ids``.
-    Image batches: ``images`` (B, 3, image_size, image_size) float32, ``labels``, ``sample_ids``.
+    The batches' keys, shapes and dtypes are those of ``m2dist.data.contract`` (images are image_size square).
     """
     from streaming import StreamingDataLoader
 
@@ -123,7 +124,7 @@ def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len:
     elif kind == "image":
         make = functools.partial(ImageDataset, image_size=image_size, train=train, seed=seed, **common)
     else:
-        raise ConfigError(f"data.kind {kind!r} is not one of causal_lm, mlm, image")
+        raise ConfigError(f"data.kind {kind!r} is not one of {', '.join(typing.get_args(Task))}")
     # Another job on this host may be taking its streaming prefix right now (m2dist/data/shm.py).
     with registering_prefix():
         dataset = make()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from m2dist.data.contract import ATTENTION_MASK, IGNORE_INDEX, INPUT_IDS, LABELS
 
 
 def _pad(tokens: np.ndarray, seq_len: int, pad_id: int) -> tuple[np.ndarray, int]:
@@ -36,8 +36,8 @@ def causal_lm_example(tokens: np.ndarray, seq_len: int, pad_id: int) -> dict[str
         labels[seq_len - 1] = tokens[seq_len]
     mask = np.zeros(seq_len, dtype=np.int64)
     mask[:n] = 1
-    return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
-            "attention_mask": torch.from_numpy(mask)}
+    return {INPUT_IDS: torch.from_numpy(input_ids), LABELS: torch.from_numpy(labels),
+            ATTENTION_MASK: torch.from_numpy(mask)}
 
 
 def mlm_example(tokens: np.ndarray, seq_len: int, *, pad_id: int, mask_id: int, vocab_size: int,
@@ -61,8 +61,8 @@ def mlm_example(tokens: np.ndarray, seq_len: int, *, pad_id: int, mask_id: int, 
     masked[swap] = random_tokens[swap]
     attention = np.zeros(seq_len, dtype=np.int64)
     attention[:n] = 1
-    return {"input_ids": torch.from_numpy(masked), "labels": torch.from_numpy(labels),
-            "attention_mask": torch.from_numpy(attention)}
+    return {INPUT_IDS: torch.from_numpy(masked), LABELS: torch.from_numpy(labels),
+            ATTENTION_MASK: torch.from_numpy(attention)}
 
 
 def collate_samples(samples: list[dict]) -> dict[str, torch.Tensor]:

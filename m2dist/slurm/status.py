@@ -40,7 +40,7 @@ def metrics_line(rec: dict) -> str:
 
 
 def _checkpoints(run_dir: Path) -> str:
-    from m2dist.checkpoint.manager import list_checkpoints
+    from m2dist.checkpoint.files import list_checkpoints
     from m2dist.config import config_from_dict
 
     import yaml

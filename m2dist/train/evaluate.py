@@ -11,6 +11,7 @@ import itertools
 import torch
 import torch.distributed as dist
 
+from m2dist.data.contract import SAMPLE_IDS
 from m2dist.train import tasks
 
 
@@ -24,7 +25,7 @@ def evaluate(model, model_for_loss, loader, task: str, steps: int, dtype, device
     batches = loader if steps <= 0 else itertools.islice(loader, steps)
     for batch in batches:
         logits, labels = tasks.forward(model, batch, task, dtype, device)
-        for sid, s in zip(batch["sample_ids"].tolist(), tasks.per_sample_stats(model_for_loss, logits, labels)):
+        for sid, s in zip(batch[SAMPLE_IDS].tolist(), tasks.per_sample_stats(model_for_loss, logits, labels)):
             stats[int(sid)] = s
     if was_training:
         model.train()

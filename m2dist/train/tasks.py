@@ -1,7 +1,8 @@
 """What a batch means for each model family: the training loss and the evaluation statistics.
 
-Language models: ``labels`` are the targets of each position (the reader aligns them; -100 = ignored), so the loss
-is a plain token-mean cross-entropy. Images: one label per image.
+Language models: ``labels`` are the targets of each position (the reader aligns them; ``IGNORE_INDEX`` = ignored),
+so the loss is a plain token-mean cross-entropy. Images: one label per image. The batch keys and the task of each
+arch are ``m2dist.data.contract``'s.
 
 A tensor-parallel model whose logits are sharded over the vocabulary exposes
 ``parallel_cross_entropy(logits, labels) -> per-position losses``; the trainer then uses it instead of
@@ -15,18 +16,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from m2dist.config.schema import Config
-
-IGNORE_INDEX = -100
-
-
-def task_of(cfg: Config) -> str:
-    arch = cfg.model.arch
-    if arch in ("m2_vit", "vit"):
-        return "image"
-    if arch in ("m2_bert", "bert"):
-        return "mlm"
-    return "causal_lm"
+from m2dist.data.contract import ATTENTION_MASK, IGNORE_INDEX, IMAGES, INPUT_IDS, LABELS
 
 
 def _per_token_loss(model, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -50,12 +40,12 @@ def to_device(t: torch.Tensor, device, dtype: Optional[torch.dtype] = None) -> t
 
 def forward(engine, batch: dict, task: str, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of one micro-batch (inputs moved to the engine's device and dtype)."""
-    labels = to_device(batch["labels"], device)
+    labels = to_device(batch[LABELS], device)
     if task == "image":
-        logits = engine(to_device(batch["images"], device, dtype))
+        logits = engine(to_device(batch[IMAGES], device, dtype))
     else:
-        mask = batch.get("attention_mask")
-        ids = to_device(batch["input_ids"], device)
+        mask = batch.get(ATTENTION_MASK)
+        ids = to_device(batch[INPUT_IDS], device)
         logits = engine(ids, to_device(mask, device)) if mask is not None else engine(ids)
     return logits, labels
 

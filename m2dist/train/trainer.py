@@ -29,15 +29,15 @@ class Trainer:
     def __init__(self, cfg: Config):
         from launch.distributed import init_distributed
         from m2dist.checkpoint import CheckpointManager
-        from m2dist.checkpoint.manager import Layout
+        from m2dist.checkpoint.layout import Layout
+        from m2dist.data.contract import task_of
         from m2dist.parallel import init_groups
         from m2dist.train.ds_config import gradient_accumulation_steps
         from m2dist.train.engine import build_engine
         from m2dist.train.metrics import MetricsLogger, device_peak_flops
         from m2dist.train.precision import input_dtype
-        from m2dist.train.rng import seed_all
+        from m2dist.train.rng_state import seed_all
         from m2dist.train.signals import PreemptionHandler
-        from m2dist.train.tasks import task_of
         from m2dist.train.vocab_size import resolve_vocab_size
 
         self.cfg = cfg
@@ -74,10 +74,12 @@ class Trainer:
         # Per data-parallel rank streams (dropout etc.), identical within a tensor-parallel group.
         seed_all(t.seed + 1000 * self.groups.data_rank)
 
-        from m2dist.train.data import build_loader, tokens_per_sample
+        from m2dist.models.build import sequence_length
+        from m2dist.train.split_loader import build_split_loader
 
-        self.train_loader = build_loader(cfg, cfg.data.train_split, self.groups, training=True)
-        self.tokens_per_sample = tokens_per_sample(cfg)
+        self.train_loader = build_split_loader(cfg, cfg.data.train_split, self.groups, training=True)
+        # Tokens one sample feeds the model: its sequence length, or its number of patches for images.
+        self.tokens_per_sample = sequence_length(cfg.model)
         from m2dist.checkpoint import Resumable
 
         self.state = Resumable()
@@ -101,14 +103,14 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def _rank_state(self) -> dict:
-        from m2dist.train.rng import get_rng_state
+        from m2dist.train.rng_state import get_rng_state
 
         return {"rng": get_rng_state(), "data": self.train_loader.state_dict(),
                 "data_rank": self.groups.data_rank, "tensor_rank": self.groups.tensor_rank}
 
     def _restore(self) -> None:
         from m2dist.checkpoint import Resumable
-        from m2dist.train.rng import set_rng_state
+        from m2dist.train.rng_state import set_rng_state
 
         rank_state = self.ckpt.load(self.engine, self.plan)
         self.state = Resumable(**self.plan.trainer_state["resumable"])
@@ -120,7 +122,7 @@ class Trainer:
             # batch), so the state of data rank 0 describes it for any data-parallel size. RNG streams are re-seeded.
             saved = self.ckpt.saved_rank_states(self.plan.path)
             self.train_loader.load_state_dict(next(s["data"] for s in saved if s["data_rank"] == 0))
-            from m2dist.train.rng import seed_all
+            from m2dist.train.rng_state import seed_all
 
             seed_all(self.cfg.trainer.seed + 1000 * self.groups.data_rank + self.state.step)
         if self.rank == 0:
@@ -139,10 +141,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- eval
     def evaluate(self) -> dict:
-        from m2dist.train.data import build_loader
         from m2dist.train.evaluate import evaluate
+        from m2dist.train.split_loader import build_split_loader
 
-        loader = build_loader(self.cfg, self.cfg.data.eval_split, self.groups, training=False)
+        loader = build_split_loader(self.cfg, self.cfg.data.eval_split, self.groups, training=False)
         result = evaluate(self.engine, self.model, loader, self.task, self.cfg.trainer.eval_steps, self.dtype,
                           self.device, group=self.cpu_group)
         self.metrics.log({"step": self.state.step, **result})
@@ -167,7 +169,8 @@ class Trainer:
             self._sample_log.write(json.dumps({"step": self.state.step, "ids": mine}) + "\n")
 
     def train_step(self) -> dict:
-        from m2dist.train.tasks import IGNORE_INDEX, forward, to_device, training_loss_sum
+        from m2dist.data.contract import IGNORE_INDEX, LABELS, SAMPLE_IDS
+        from m2dist.train.tasks import forward, to_device, training_loss_sum
 
         lr = self.engine.get_lr()[0]  # the rate this step uses (the schedule advances inside engine.step)
         grad_norm = None
@@ -177,7 +180,7 @@ class Trainer:
         # So the step's micro-batches are read first and their targets counted over the data-parallel group.
         batches = [self._next_batch() for _ in range(self.gas)]
         # Counted on the host and moved without a stream sync (torch.tensor(..., device=cuda) would wait for the GPU).
-        count = to_device(torch.tensor([float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches))]),
+        count = to_device(torch.tensor([float(sum(int((b[LABELS] != IGNORE_INDEX).sum()) for b in batches))]),
                           self.device)
         dp_group = self.groups.data_group if self.groups.tensor_size > 1 else None
         if dist.is_initialized() and dist.get_world_size(dp_group) > 1:
@@ -196,8 +199,8 @@ class Trainer:
                 grad_norm = self._fp32_grad_norm()
             self.engine.step()  # DeepSpeed steps the optimizer and the schedule at the accumulation boundary
             loss_sum = loss_sum + local.detach().float()
-            if "sample_ids" in batch:
-                ids.extend(int(i) for i in batch["sample_ids"])
+            if SAMPLE_IDS in batch:
+                ids.extend(int(i) for i in batch[SAMPLE_IDS])
         self.state.step += 1
         self.state.consumed_samples += self.cfg.trainer.global_batch_size
         self.state.tokens += self.cfg.trainer.global_batch_size * self.tokens_per_sample

@@ -72,7 +72,8 @@ def test_kill9_then_auto_resume_is_bit_identical(run, configs, tmp_path):
 def test_torn_or_uncommitted_checkpoint_is_never_picked(run, tmp_path, caplog):
     """find_resume on copies of a real run's checkpoints: a truncated shard, a flipped byte (same size, bad checksum),
     a missing manifest and a leftover temporary directory are all passed over for the previous good one."""
-    from m2dist.checkpoint.manager import CheckpointManager, Layout
+    from m2dist.checkpoint.layout import Layout
+    from m2dist.checkpoint.manager import CheckpointManager
     from m2dist.config.schema import CheckpointConfig
 
     src = _ckpt(run("gpt_dp2_z0"))

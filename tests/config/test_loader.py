@@ -154,3 +154,39 @@ def test_every_range_rule_names_a_real_key():
     cfg = Config()
     for key in RULES:
         _get(cfg, key)  # AttributeError if a rule names a key that does not exist
+
+
+def test_data_kind_that_disagrees_with_the_arch_fails_at_load(tmp_path):
+    # Issue 13.3: the task was chosen twice (data.kind, and the trainer from model.arch) and nothing checked that
+    # they agree: an M2-BERT run on causal-LM data trained a bidirectional model on next-token targets.
+    path = write(tmp_path / "a.yaml", "model:\n  arch: m2_bert\ndata:\n  kind: causal_lm\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"'data.kind' (from {path})" in msg and "'model.arch' (from" in msg
+    assert "data.kind='causal_lm'" in msg and "model.arch='m2_bert'" in msg and "'mlm'" in msg
+    with pytest.raises(ConfigError, match=r"'model.arch' \(from the command line\).*model.arch='m2_vit'"):
+        load_config(path, ["model.arch=m2_vit"])
+    # The same check guards a saved config rebuilt from its dict.
+    data = config_to_dict(load_config(path, ["model.arch=gpt"]))
+    data["data"]["kind"] = "image"
+    with pytest.raises(ConfigError, match=r"data.kind='image' but model.arch='gpt'"):
+        config_from_dict(data)
+
+
+@pytest.mark.parametrize("arch, task", [("m2_gpt", "causal_lm"), ("gpt", "causal_lm"), ("m2_bert", "mlm"),
+                                        ("bert", "mlm"), ("m2_vit", "image"), ("vit", "image")])
+def test_data_kind_left_unset_is_the_arch_task_and_set_must_match(tmp_path, arch, task):
+    # A model-only file (configs/models/*.yaml) leaves data.kind unset: it reads what the arch trains on.
+    assert load_config(write(tmp_path / "m.yaml", f"model:\n  arch: {arch}\n")).data.kind == task
+    assert load_config(None, [f"model.arch={arch}", f"data.kind={task}"]).data.kind == task
+
+
+def test_every_arch_has_a_task():
+    import typing
+
+    from m2dist.config.model import TASK_OF_ARCH, Arch, Task
+
+    assert set(TASK_OF_ARCH) == set(typing.get_args(Arch))
+    assert set(TASK_OF_ARCH.values()) == set(typing.get_args(Task))

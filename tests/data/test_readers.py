@@ -9,7 +9,8 @@ import torchvision.transforms as T
 
 from m2dist.config import DataConfig
 from m2dist.data import build_dataloader
-from m2dist.data.samples import IGNORE_INDEX, mlm_example
+from m2dist.data.contract import IGNORE_INDEX
+from m2dist.data.samples import mlm_example
 from m2dist.data.tokenizer import tokenizer_info
 
 

@@ -14,9 +14,9 @@ def _eval(args) -> int:
 
     from m2dist.config import config_from_dict, config_to_dict
     from m2dist.config.loader import _apply_override
-    from m2dist.train.data import build_loader
+    from m2dist.data.contract import task_of
     from m2dist.train.evaluate import evaluate
-    from m2dist.train.tasks import task_of
+    from m2dist.train.split_loader import build_split_loader
 
     from m2dist.config.loader import ConfigError
 
@@ -24,7 +24,7 @@ def _eval(args) -> int:
         raise ConfigError(f"{args.model}: no such checkpoint directory or exported .safetensors file")
     if os.path.isdir(args.model):
         from m2dist.checkpoint.export import _load_config_from_checkpoint, consolidated_state_dict
-        from m2dist.checkpoint.manager import resolve_checkpoint
+        from m2dist.checkpoint.files import resolve_checkpoint
         from m2dist.models import build_model
 
         args.model = resolve_checkpoint(args.model)  # a checkpoint.dir root: the checkpoint `latest` names
@@ -47,7 +47,7 @@ def _eval(args) -> int:
     class _Single:  # the reader's view of a one-process layout
         tensor_size, data_size, tensor_rank, data_rank = 1, 1, 0, 0
 
-    loader = build_loader(cfg, args.split or cfg.data.eval_split, _Single(), training=False)
+    loader = build_split_loader(cfg, args.split or cfg.data.eval_split, _Single(), training=False)
     steps = cfg.trainer.eval_steps if args.steps is None else args.steps
     result = evaluate(model, model, loader, task_of(cfg), steps, torch.float32, torch.device(device))
     print(json.dumps(result))

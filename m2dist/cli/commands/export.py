@@ -7,7 +7,7 @@ def _export(args) -> int:
     import json
 
     from m2dist.checkpoint.export import export_checkpoint
-    from m2dist.checkpoint.manager import resolve_checkpoint, verify_checkpoint
+    from m2dist.checkpoint.files import resolve_checkpoint, verify_checkpoint
 
     path = resolve_checkpoint(args.checkpoint)  # a checkpoint.dir root: the checkpoint its `latest` names
     problem = verify_checkpoint(path, collective=False)
