@@ -27,18 +27,6 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def kernels_enabled() -> bool:
-    """`M2DIST_KERNELS=0` switches every fast path off (to compare against the reference)."""
-    return HAVE_TRITON and os.environ.get("M2DIST_KERNELS", "1") != "0"
-
-
-def can_run(t: torch.Tensor) -> bool:
-    """A Triton kernel can take this tensor: compiled on CUDA, or interpreted on CPU."""
-    if not kernels_enabled():
-        return False
-    return t.is_cuda or (interpreting() and t.device.type == "cpu")
-
-
 def needs_upcast(*tensors: torch.Tensor) -> bool:
     """The interpreter must see bf16 as fp32 before any arithmetic (stack-facts §4)."""
     return interpreting() and any(t.dtype == torch.bfloat16 for t in tensors)

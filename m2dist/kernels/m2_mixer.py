@@ -30,7 +30,7 @@ transposes and the zero padding are fused into one pass before and one pass afte
 
 The half-size spectrum P of the forward is saved (not recomputed) for the filter gradient. Everything inside is fp32;
 z, u and dy may be bf16 (they are under autocast). Only the 3-tap short conv is fused (the paper's and every
-preset's size); other sizes take the PyTorch path (``dispatch.m2_mixer`` decides).
+preset's size); other sizes take the per-op-kernel path (``m2dist.kernels.modules.FusedMixerCore`` decides).
 """
 from __future__ import annotations
 

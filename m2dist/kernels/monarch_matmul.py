@@ -18,11 +18,11 @@ place; the einsum path instead materialises each permutation as a transpose copy
 The z~/out~/dout~/dz~ views have no unit stride inside their matrices, which cuBLAS cannot take, so those three
 products always run on the Triton kernel (its "none" layout); the factor-1 products keep the timed backend choice.
 z is kept from the forward for the W2 gradient, as the einsum path's autograd keeps it. Whether the kernels or the
-layer's einsum path run is timed per shape on the GPU (``kernels_win``; ``M2DIST_MONARCH`` overrides).
+layer's einsum path run is timed per shape on the GPU (``kernels_win``; ``M2DIST_MONARCH`` overrides, read by
+``m2dist.kernels.convert``).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -121,17 +121,15 @@ _CHOICE: dict = {}  # (rows, weight shapes, dtype, bias?) -> whether the kernels
 
 def kernels_win(x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor,
                 bias: Optional[torch.Tensor] = None) -> bool:
-    """Whether to run the kernels at this shape: ``M2DIST_MONARCH=kernel|einsum|auto`` (default auto).
+    """Whether the kernels beat the layer's einsum path at this shape (``M2DIST_MONARCH=auto``, the default; the
+    choice is made in ``m2dist.kernels.convert``).
 
-    Why "auto" times: the permuted products read and write their interleaved operands without 16-byte vectors
+    Why time: the permuted products read and write their interleaved operands without 16-byte vectors
     (stride nb), which may cost more than the einsum path's transpose copies; which wins depends on the shape and
     the GPU. So the first eager call at a shape times one training step (forward and backward) of each on CUDA
     events and keeps the faster, as ``block_diagonal._launch`` does for its backends. Under torch.compile's tracing
     there is nothing to time: a shape timed before keeps its choice, an untimed one takes the kernels.
     """
-    choice = os.environ.get("M2DIST_MONARCH", "auto")
-    if choice != "auto":
-        return choice == "kernel"
     key = (x.numel() // x.shape[-1], tuple(weight1.shape), tuple(weight2.shape), x.dtype, bias is None)
     if key not in _CHOICE:
         if torch.compiler.is_compiling():

@@ -1,7 +1,7 @@
 """M2 dimension mixer: GLU MLP with Monarch (block-diagonal by default) matrices (spec §1.5).
 
     g = gated_proj(h)                     H → 2I, no bias; g[..., :I] is the gate, g[..., I:] the value
-    a = dropout(GELU(g[:I]) ⊙ g[I:])
+    a = dropout(GELU(g[:I]) ⊙ g[I:])      act: GeluGLU
     out = out_proj(a)                     I → H, with bias
 
 Parameters: gated_proj.weight (nblocks, 2I/nblocks, H/nblocks), out_proj.weight
@@ -16,10 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2dist.kernels import dispatch
 from m2dist.monarch import BlockDiagonalLinear, MonarchLinear
 
 MONARCH_TYPES = {"blockdiag": BlockDiagonalLinear, "monarch": MonarchLinear}
+
+
+class GeluGLU(nn.Module):
+    """``gelu(g[..., :I]) * g[..., I:]`` for g (..., 2I): exact (erf) GELU of the gate times the value.
+    Parameter-free, and a module so that code outside the model can swap it (the kernel converter,
+    ``m2dist.kernels.accelerate``, puts a fused one in its place)."""
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        gate, value = g.chunk(2, dim=-1)
+        return F.gelu(gate) * value
 
 
 class MonarchGLU(nn.Module):
@@ -31,15 +40,9 @@ class MonarchGLU(nn.Module):
         layer = MONARCH_TYPES[mlp_type]
         self.intermediate_size = intermediate_size
         self.gated_proj = layer(hidden_size, 2 * intermediate_size, nblocks, bias=False, init=init)
+        self.act = GeluGLU()
         self.dropout = nn.Dropout(dropout)
         self.out_proj = layer(intermediate_size, hidden_size, nblocks, bias=True, init=init)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        g = self.gated_proj(h)
-        a = None
-        if g.shape[-1] == 2 * self.intermediate_size and not (self.training and self.dropout.p > 0):
-            a = dispatch.gelu_glu(g)  # fused Triton pass on GPU, else None
-        if a is None:
-            gate, value = g.split(self.intermediate_size, dim=-1)
-            a = self.dropout(F.gelu(gate) * value)
-        return self.out_proj(a)
+        return self.out_proj(self.dropout(self.act(self.gated_proj(h))))

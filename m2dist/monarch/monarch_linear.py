@@ -18,7 +18,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from m2dist.kernels import dispatch
 from m2dist.monarch.structured import StructuredLinear, init_bias_, init_block_weight_
 
 
@@ -36,6 +35,15 @@ def monarch_einsum(x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor
     return out if bias is None else out + bias
 
 
+class MonarchProduct(nn.Module):
+    """``monarch_einsum`` as a parameter-free module, so that code outside the model can swap it (the kernel
+    converter, ``m2dist.kernels.accelerate``), as ``BlockDiagonalProduct``."""
+
+    def forward(self, x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return monarch_einsum(x, weight1, weight2, bias)
+
+
 class MonarchLinear(StructuredLinear):
     def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = True,
                  init: str = "paper"):
@@ -44,6 +52,7 @@ class MonarchLinear(StructuredLinear):
         mid = p if in_features < out_features else s  # q == r: the size between the two factors
         self.weight1 = nn.Parameter(torch.empty(nblocks, mid, p))
         self.weight2 = nn.Parameter(torch.empty(nblocks, s, mid))
+        self.product = MonarchProduct()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -53,10 +62,7 @@ class MonarchLinear(StructuredLinear):
             init_bias_(self.bias, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = dispatch.monarch_linear(x, self.weight1, self.weight2, self.bias)  # Triton kernels on GPU, else None
-        if y is not None:
-            return y
-        return monarch_einsum(x, self.weight1, self.weight2, self.bias)
+        return self.product(x, self.weight1, self.weight2, self.bias)
 
     def to_dense(self) -> torch.Tensor:
         """``(out_features, in_features)`` matrix, built from explicit permutation matrices."""
@@ -75,4 +81,3 @@ class MonarchLinear(StructuredLinear):
         bd1 = torch.block_diag(*self.weight1.unbind(0))
         bd2 = torch.block_diag(*self.weight2.unbind(0))
         return p_out @ bd2 @ p_mid @ bd1
-

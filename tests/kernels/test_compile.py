@@ -4,7 +4,7 @@ interpreted kernels, so it checks the registrations, not GPU speed."""
 import pytest
 import torch
 
-from m2dist.kernels import dispatch
+from m2dist.kernels import accelerate, modules
 from m2dist.kernels.block_diagonal import block_diagonal_matmul
 from m2dist.models.blocks import M2BertLayer
 from m2dist.models.monarch_mlp import MonarchGLU
@@ -34,10 +34,10 @@ def _loss_and_grads(fn, params, *inputs):
 
 
 def test_compiled_m2_layer_matches_eager(monkeypatch):
-    monkeypatch.setattr(dispatch, "_on_gpu", lambda t: True)  # take the fused mixer core and GLU on CPU
+    monkeypatch.setattr(modules, "_on_gpu", lambda t: True)  # take the fused mixer core and GLU on CPU
     torch.manual_seed(0)
-    layer = M2BertLayer(M2SequenceMixer(16, 24, causal=False, filter_order=8), MonarchGLU(16, 32, nblocks=4), 16,
-                        1e-12)
+    layer = accelerate(M2BertLayer(M2SequenceMixer(16, 24, causal=False, filter_order=8),
+                                   MonarchGLU(16, 32, nblocks=4), 16, 1e-12))
     x = torch.randn(2, 24, 16, requires_grad=True)
     params = [x, *layer.parameters()]
     eager = _loss_and_grads(layer, params, x)

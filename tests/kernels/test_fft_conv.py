@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from m2dist.kernels import dispatch
+from m2dist.kernels import modules
 from m2dist.kernels.fft_conv import fft_long_conv, fft_size
 from m2dist.kernels.monarch_fft_conv import factors, monarch_long_conv, supports
 from tests.kernels._ref import naive_long_conv, rel_err
@@ -70,10 +70,21 @@ def test_fft_size_is_smooth_and_long_enough():
         assert m == 1
 
 
-def test_dispatch_stays_off_cpu():
-    u = torch.randn(1, 2, 8)
-    assert dispatch.long_conv(u, torch.randn(2, 8)) is None
-    assert dispatch.block_diagonal(torch.randn(3, 8), torch.randn(2, 4, 4)) is None
+def test_kernel_modules_stay_off_cpu(monkeypatch):
+    """On CPU tensors (no interpreter forced) the kernel-backed long conv and block-diagonal product run the
+    reference and never call a kernel."""
+    from m2dist import ops
+    from m2dist.monarch.blockdiag import block_diagonal
+
+    def fail(*a):
+        raise AssertionError("a kernel ran on a CPU tensor")
+
+    monkeypatch.setattr("m2dist.kernels.fft_conv.fft_long_conv", fail)
+    monkeypatch.setattr("m2dist.kernels.block_diagonal.block_diagonal_matmul", fail)
+    u, k = torch.randn(1, 2, 8), torch.randn(2, 8)
+    assert torch.equal(modules.kernel_long_conv(u, k), ops.long_conv(u, k))
+    x, w = torch.randn(3, 8, dtype=torch.bfloat16), torch.randn(2, 4, 4, dtype=torch.bfloat16)
+    assert torch.equal(modules.BlockDiagonalKernel()(x, w), block_diagonal(x, w))
 
 
 def test_matches_project_long_conv():

@@ -3,7 +3,7 @@ gradient; on CPU through the interpreter, on the GPU machine with ``M2DIST_GPU_T
 import pytest
 import torch
 
-from m2dist.kernels import dispatch, m2_mixer
+from m2dist.kernels import accelerate, m2_mixer, modules
 from m2dist.kernels._triton import triton
 from m2dist.kernels.m2_mixer import fused_m2_mixer
 from m2dist.models.sequence_mixer import M2SequenceMixer
@@ -112,7 +112,8 @@ def test_mixer_module_takes_the_fused_path(monkeypatch):
         calls.append(1)
         return real(*a)
 
-    monkeypatch.setattr(dispatch, "_on_gpu", lambda t: True)
+    accelerate(mixer)
+    monkeypatch.setattr(modules, "_on_gpu", lambda t: True)
     monkeypatch.setattr("m2dist.kernels.m2_mixer.fused_m2_mixer", spy)
     y, g = run()
     assert calls, "the fused path was not taken"
@@ -121,12 +122,24 @@ def test_mixer_module_takes_the_fused_path(monkeypatch):
         assert rel_err(a, r) < 1e-5
 
 
-def test_dispatch_leaves_cpu_and_odd_short_convs_alone(monkeypatch):
+def _spy_on_fused_mixer(monkeypatch) -> list:
+    calls = []
+    monkeypatch.setattr("m2dist.kernels.m2_mixer.fused_m2_mixer", lambda *a: calls.append(1) or fused_m2_mixer(*a))
+    return calls
+
+
+def test_fused_core_leaves_cpu_and_odd_short_convs_alone(monkeypatch):
+    from m2dist.ops import mixer_core
+
+    calls = _spy_on_fused_mixer(monkeypatch)
+    core = modules.FusedMixerCore()
     z = torch.randn(1, 8, 6)
     filt = (torch.randn(2, 8), None, torch.randn(2))
-    assert dispatch.mixer_core(z, None, torch.randn(6, 1, 3), torch.randn(6), filt, None, None) is None
-    monkeypatch.setattr(dispatch, "_on_gpu", lambda t: True)
-    assert dispatch.mixer_core(z, None, torch.randn(6, 1, 4), torch.randn(6), filt, None, None) is None
+    for conv_w, forced in ((torch.randn(6, 1, 3), False), (torch.randn(6, 1, 4), True)):
+        monkeypatch.setattr(modules, "_on_gpu", lambda t: forced)
+        conv_b = torch.randn(6)
+        assert rel_err(core(z, None, conv_w, conv_b, filt), mixer_core(z, None, conv_w, conv_b, filt)) < 1e-6
+    assert not calls, "the fused core ran on a CPU tensor or a 4-tap short conv"
 
 
 @pytest.mark.gpu
@@ -165,9 +178,20 @@ def test_fused_mixer_takes_any_layout():
         assert rel_err(a.grad, r.grad) < 2e-5, tuple(a.shape)
 
 
-def test_dispatch_keeps_float64_on_the_exact_path(monkeypatch):
-    monkeypatch.setattr(dispatch, "_on_gpu", lambda t: True)
-    z = torch.randn(1, 8, 6, dtype=torch.float64)
-    filt = (torch.randn(2, 8), None, torch.randn(2))
-    assert dispatch.mixer_core(z, None, torch.randn(6, 1, 3), torch.randn(6), filt, None, None) is None
-    assert dispatch.gelu_glu(torch.randn(3, 8, dtype=torch.float64)) is None
+def test_fused_modules_keep_float64_on_the_exact_path(monkeypatch):
+    from m2dist.models.monarch_mlp import GeluGLU
+    from m2dist.ops import mixer_core
+
+    calls = _spy_on_fused_mixer(monkeypatch)
+    glu_calls = []
+    monkeypatch.setattr("m2dist.kernels.glu.gelu_glu", lambda g: glu_calls.append(1))
+    monkeypatch.setattr(modules, "_on_gpu", lambda t: True)
+    f64 = dict(dtype=torch.float64)
+    z = torch.randn(1, 8, 6, **f64)
+    filt = (torch.randn(2, 8, **f64), None, torch.randn(2, **f64))
+    conv_w, conv_b = torch.randn(6, 1, 3, **f64), torch.randn(6, **f64)
+    y = modules.FusedMixerCore()(z, None, conv_w, conv_b, filt)
+    assert not calls and y.dtype == torch.float64
+    assert rel_err(y, mixer_core(z, None, conv_w, conv_b, filt)) < 1e-6
+    g = torch.randn(3, 8, dtype=torch.float64)
+    assert torch.equal(modules.FusedGeluGLU()(g), GeluGLU()(g)) and not glu_calls

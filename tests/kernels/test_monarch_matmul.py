@@ -4,8 +4,9 @@ from explicit permutation matrices) in float64, through the Triton interpreter o
 import pytest
 import torch
 
-from m2dist.kernels import dispatch
+from m2dist.kernels import KernelChoice, accelerate, modules
 from m2dist.kernels import monarch_matmul as mm
+from m2dist.monarch.monarch_linear import monarch_einsum
 from m2dist.monarch import MonarchLinear
 from tests.kernels._ref import rel_err
 
@@ -61,8 +62,9 @@ def test_single_row_and_block():
     _check((12, 20, 1), torch.float32, bias=True, lead=(1,))
 
 
-def test_layer_routes_through_dispatch(monkeypatch):
-    """With the device check forced on, a bf16 MonarchLinear runs the kernel (and gives the einsum path's output)."""
+def test_converted_layer_runs_the_kernels(monkeypatch):
+    """With the device check forced on, a converted bf16 MonarchLinear runs the kernel (and gives the einsum path's
+    output); M2DIST_MONARCH=einsum leaves the layer as it is."""
     torch.manual_seed(0)
     layer = MonarchLinear(24, 80, 4)
     x = torch.randn(3, 5, 24)
@@ -74,20 +76,19 @@ def test_layer_routes_through_dispatch(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(mm, "monarch_matmul", spy)
-    monkeypatch.setattr(dispatch, "_on_gpu", lambda t: True)
-    monkeypatch.setenv("M2DIST_MONARCH", "kernel")
+    monkeypatch.setattr(modules, "_on_gpu", lambda t: True)
+    plain = MonarchLinear(24, 80, 4).to(torch.bfloat16)
+    accelerate(plain, KernelChoice(monarch="einsum"))
+    plain(x.to(torch.bfloat16))
+    assert not calls, "M2DIST_MONARCH=einsum still ran the kernels"
+    accelerate(layer, KernelChoice.from_env({"M2DIST_MONARCH": "kernel"}))
     out = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert len(calls) == 1
     assert rel_err(out, ref) < 1e-2
-    monkeypatch.setenv("M2DIST_MONARCH", "einsum")
-    layer(x.to(torch.bfloat16))
-    assert len(calls) == 1, "M2DIST_MONARCH=einsum still ran the kernels"
 
 
 def test_auto_times_each_shape_once_and_keeps_the_faster(monkeypatch):
     """M2DIST_MONARCH=auto (the default): one timed step of each path per shape, then the cached choice."""
-    from m2dist.monarch.monarch_linear import monarch_einsum
-
     timed = []
     fake_ms = {mm.monarch_matmul: 2.0, monarch_einsum: 1.0}  # einsum faster at the first shape
 
@@ -97,7 +98,6 @@ def test_auto_times_each_shape_once_and_keeps_the_faster(monkeypatch):
 
     monkeypatch.setattr(mm, "_step_ms", step_ms)
     monkeypatch.setattr(mm, "_CHOICE", {})
-    monkeypatch.delenv("M2DIST_MONARCH", raising=False)
     w1, w2 = torch.randn(4, 6, 6), torch.randn(4, 10, 6)
     assert not mm.kernels_win(torch.randn(8, 24), w1, w2)
     assert not mm.kernels_win(torch.randn(8, 24), w1, w2)
@@ -106,10 +106,12 @@ def test_auto_times_each_shape_once_and_keeps_the_faster(monkeypatch):
     assert len(timed) == 4
 
 
-def test_dispatch_declines_cpu_tensors():
-    layer = MonarchLinear(24, 80, 4).to(torch.bfloat16)
+def test_kernel_declines_cpu_tensors(monkeypatch):
+    monkeypatch.setattr(mm, "monarch_matmul", lambda *a: pytest.fail("the kernel ran on a CPU tensor"))
+    layer = accelerate(MonarchLinear(24, 80, 4).to(torch.bfloat16), KernelChoice(monarch="kernel"))
+    assert isinstance(layer.product, modules.MonarchKernel)
     x = torch.randn(3, 24, dtype=torch.bfloat16)
-    assert dispatch.monarch_linear(x, layer.weight1, layer.weight2, layer.bias) is None
+    assert torch.equal(layer(x), monarch_einsum(x, layer.weight1, layer.weight2, layer.bias))
 
 
 def test_rejects_weights_that_do_not_chain():
@@ -117,21 +119,23 @@ def test_rejects_weights_that_do_not_chain():
         mm.monarch_matmul(torch.randn(2, 16), torch.randn(4, 4, 4), torch.randn(4, 8, 3))
 
 
-def _gpu_check(shape, dtype=torch.bfloat16, rows=4000, tol=2e-2):
-    """The layer under autocast (dispatch -> kernels, fp32 master weights) against its einsum path in fp32."""
+def _gpu_check(monkeypatch, shape, dtype=torch.bfloat16, rows=4000, tol=2e-2):
+    """The converted layer under autocast (kernels, fp32 master weights) against its einsum path in fp32."""
+    calls, real = [], mm.monarch_matmul
+    monkeypatch.setattr(mm, "monarch_matmul", lambda *a: calls.append(1) or real(*a))
     n, m, nb = shape
     torch.manual_seed(0)
     layer = MonarchLinear(n, m, nb).cuda()
     x = torch.randn(2, rows // 2, n, device="cuda", requires_grad=True)
     gy = torch.randn(2, rows // 2, m, device="cuda")
     params = [x, *_weights(layer)]
-    with torch.autocast("cuda", enabled=False):
-        y_ref = layer(x)  # fp32 outside autocast: dispatch declines, the einsum path runs
+    y_ref = layer(x)  # not converted: the einsum path, in fp32
     grads_ref = torch.autograd.grad(y_ref, params, gy)
-    assert dispatch.monarch_linear(x.to(dtype), *(p.to(dtype) for p in _weights(layer))) is not None
+    accelerate(layer, KernelChoice(monarch="kernel"))
     with torch.autocast("cuda", dtype=dtype):
         y = layer(x)
     grads = torch.autograd.grad(y, params, gy)
+    assert calls, "the converted layer did not run the kernels"
     assert y.dtype == dtype
     assert rel_err(y, y_ref) < tol
     for g, g_ref in zip(grads, grads_ref):
@@ -142,8 +146,7 @@ def _gpu_check(shape, dtype=torch.bfloat16, rows=4000, tol=2e-2):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("shape", [(768, 3072, 4), (3072, 768, 4), (1024, 1024, 16), (96, 400, 4)])
 def test_gpu_bf16_matches_einsum(shape, monkeypatch):
-    monkeypatch.setenv("M2DIST_MONARCH", "kernel")
-    _gpu_check(shape)
+    _gpu_check(monkeypatch, shape)
 
 
 @pytest.mark.gpu
@@ -151,10 +154,8 @@ def test_gpu_bf16_matches_einsum(shape, monkeypatch):
 def test_gpu_auto_choice_runs(monkeypatch):
     """The timed choice on a real GPU: either path, and the layer's output matches the einsum path's."""
     monkeypatch.setattr(mm, "_CHOICE", {})
-    monkeypatch.delenv("M2DIST_MONARCH", raising=False)
-    layer = MonarchLinear(768, 3072, 4).cuda().to(torch.bfloat16)
+    layer = accelerate(MonarchLinear(768, 3072, 4).cuda().to(torch.bfloat16), KernelChoice(monarch="auto"))
     x = torch.randn(4096, 768, device="cuda", dtype=torch.bfloat16)
-    from m2dist.monarch.monarch_linear import monarch_einsum
 
     y = layer(x)
     assert len(mm._CHOICE) == 1
@@ -167,5 +168,4 @@ def test_gpu_auto_choice_runs(monkeypatch):
 def test_gpu_backends_and_fp16(backend, monkeypatch):
     """The block-diagonal first factor on each backend; the permuted products always run on Triton."""
     monkeypatch.setenv("M2DIST_BLOCKDIAG", backend)
-    monkeypatch.setenv("M2DIST_MONARCH", "kernel")
-    _gpu_check((256, 512, 4), dtype=torch.float16, rows=2048)
+    _gpu_check(monkeypatch, (256, 512, 4), dtype=torch.float16, rows=2048)
