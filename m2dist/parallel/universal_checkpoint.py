@@ -35,16 +35,16 @@ def universal_checkpoint_info(model: nn.Module, names: Optional[Iterable[str]] =
     the restore metadata on each of its parameters (``names`` only, when given)."""
     import re
 
-    from deepspeed.checkpoint.affine import AFFINE_MAP_FORMAT_VERSION
-    from deepspeed.checkpoint.constants import (AFFINE_MAP, AFFINE_MAP_PARAMS, AFFINE_MAP_VERSION,
-                                                DS_AUTOTP_UC_META, UNIVERSAL_CHECKPOINT_VERSION_KEY,
-                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
-
     from m2dist.parallel.mappings import tp_size
 
     size = tp_size()
     if size == 1:
         return None
+    from deepspeed.checkpoint.affine import AFFINE_MAP_FORMAT_VERSION
+    from deepspeed.checkpoint.constants import (AFFINE_MAP, AFFINE_MAP_PARAMS, AFFINE_MAP_VERSION,
+                                                DS_AUTOTP_UC_META, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
     plan = plan_for_model(model)
     params = {}
     for name, p in model.named_parameters():

@@ -22,9 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from m2dist.data.contract import IGNORE_INDEX
 from m2dist.parallel.mappings import gather_last_dim, reduce_from_tp, tp_group, tp_rank
-
-IGNORE_INDEX = -100
 
 
 class VocabParallelEmbedding(nn.Embedding):

@@ -18,7 +18,7 @@ from m2dist.train import tasks
 @torch.no_grad()
 def evaluate(model, model_for_loss, loader, task: str, steps: int, dtype, device, group=None) -> dict:
     """``steps`` micro-batches per rank (0: the whole split). ``model`` is called; ``model_for_loss`` is the module
-    that may carry ``parallel_cross_entropy``."""
+    whose logits' layout picks the loss functions (``m2dist.parallel.loss_functions``)."""
     was_training = model.training
     model.eval()
     stats: dict[int, tuple[float, int, int]] = {}

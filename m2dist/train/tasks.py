@@ -4,28 +4,23 @@ Language models: ``labels`` are the targets of each position (the reader aligns 
 so the loss is a plain token-mean cross-entropy. Images: one label per image. The batch keys and the task of each
 arch are ``m2dist.data.contract``'s.
 
-A tensor-parallel model whose logits are sharded over the vocabulary exposes
-``parallel_cross_entropy(logits, labels) -> per-position losses``; the trainer then uses it instead of
-``F.cross_entropy`` (megatron-core's vocab-parallel cross-entropy never gathers the full logits).
+The cross-entropy and argmax follow how the model's logits are laid out (``m2dist.parallel.loss_functions``): a
+tensor-parallel language model's logits are sharded over the vocabulary, and megatron-core's vocab-parallel
+cross-entropy never gathers them.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from m2dist.data.contract import ATTENTION_MASK, IGNORE_INDEX, IMAGES, INPUT_IDS, LABELS
+from m2dist.parallel import loss_functions
 
 
 def _per_token_loss(model, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    parallel: Optional[Callable] = getattr(model, "parallel_cross_entropy", None)
-    if parallel is not None:
-        return parallel(logits, labels)
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view(labels.shape)
+    return loss_functions(model).cross_entropy(logits, labels)
 
 
 def to_device(t: torch.Tensor, device, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -63,7 +58,7 @@ def per_sample_stats(model, logits: torch.Tensor, labels: torch.Tensor) -> list[
     result does not depend on how samples were spread over ranks (or padded by the reader)."""
     losses = _per_token_loss(model, logits, labels).float()
     # Vocab-parallel logits hold V/k columns per rank: the argmax must be taken over the whole vocabulary.
-    argmax = getattr(model, "parallel_argmax", None) or (lambda x: x.argmax(-1))
+    argmax = loss_functions(model).argmax
     if labels.dim() == 1:  # images
         correct = (logits.argmax(-1) == labels).long()
         return [(losses[i].item(), 1, int(correct[i])) for i in range(labels.shape[0])]

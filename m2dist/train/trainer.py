@@ -130,9 +130,11 @@ class Trainer:
             log.info("resumed from %s at step %d%s", self.plan.path, self.state.step, how)
 
     def save(self, blocking: bool = True) -> str:
+        from m2dist.parallel.universal_checkpoint import universal_checkpoint_info
+
         # blocking=False: with checkpoint.async_save the files are written in the background (CheckpointManager.save).
         path = self.ckpt.save(self.engine, self.state, self._rank_state(), self.config_yaml, model=self.model,
-                              universal_info=getattr(self.model, "universal_checkpoint_info", None),
+                              universal_info=universal_checkpoint_info(self.model),
                               blocking=blocking)
         if self.rank == 0:
             log.info("saved checkpoint %s" if blocking or not self.ckpt.async_save else
