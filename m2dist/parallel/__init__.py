@@ -3,6 +3,6 @@ groups (``groups``), tensor parallelism (``tensor_parallel.apply_tensor_parallel
 model's logits (``loss_functions``), TP-aware RNG (``rng``)."""
 
 from m2dist.parallel.groups import ParallelGroups, destroy_groups, init_groups
-from m2dist.parallel.vocab import LossFunctions, loss_functions
+from m2dist.parallel.loss import LossFunctions, loss_functions
 
 __all__ = ["LossFunctions", "ParallelGroups", "destroy_groups", "init_groups", "loss_functions"]

@@ -1,7 +1,7 @@
-"""The tensor-parallel collectives and the TP group they run on: the autograd-aware ones the plan's styles put
-around the layers (``styles``), and the gather of a live sharded model's full state dict.
+"""The autograd-aware tensor-parallel collectives the plan's styles put around the layers (``styles``), and the TP
+group they run on.
 
-Four of the autograd-aware ones come from megatron-core's ``tensor_parallel.mappings`` (the same functions its
+Four of them come from megatron-core's ``tensor_parallel.mappings`` (the same functions its
 Column/RowParallelLinear use); one (``scatter_blocks``) is M2-specific; ``own_chunks`` is a plain slice:
 
 ==========================  ================================  ===============================================
@@ -26,11 +26,9 @@ On CPU, megatron's all-gather allocates with ``torch.cuda.current_device()``: ``
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 
 def tp_group():
@@ -132,25 +130,3 @@ def scatter_blocks(x: torch.Tensor, stride: int) -> torch.Tensor:
     """This rank's ``stride`` chunks of the replicated ``x``'s last dim (cut into ``stride * tp`` chunks)."""
     return _ScatterBlocks.apply(x, stride, tp_rank(), tp_size(), tp_group())
 
-
-@torch.no_grad()
-def gather_full_state_dict(model: nn.Module, dst: Optional[int] = None) -> dict:
-    """Collective over the TP group: the single-device state dict of a tensor-parallel ``model`` (on every TP rank,
-    or only on group rank ``dst`` when given -- the others return {})."""
-    from m2dist.parallel.plan import plan_for_model
-    from m2dist.parallel.sharding import gather_tensor
-
-    plan = plan_for_model(model)
-    size, group = tp_size(), tp_group() if tp_size() > 1 else None
-    out = {}
-    for name, t in model.state_dict().items():
-        spec = plan[name]
-        if spec.replicated or size == 1:
-            out[name] = t.detach().clone()
-            continue
-        pieces = [torch.empty_like(t) for _ in range(size)]
-        dist.all_gather(pieces, t.detach().contiguous(), group=group)
-        out[name] = gather_tensor(pieces, spec)
-    if dst is not None and size > 1 and tp_rank() != dst:
-        return {}
-    return out

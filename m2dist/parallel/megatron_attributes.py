@@ -2,7 +2,7 @@
 
 ``tensor_model_parallel``, ``partition_dim`` and ``partition_stride`` are what DeepSpeed's gradient norm / clipping
 reads (through its ``mpu``: sharded parameters counted from every rank, replicated ones once) and what the checkpoint
-manager's ``parameter_layout`` records; ``vocab.loss_functions`` reads ``tensor_model_parallel`` on the LM head to
+manager's ``parameter_layout`` records; ``loss.loss_functions`` reads ``tensor_model_parallel`` on the LM head to
 know that the logits are vocab-sharded.
 """
 

@@ -16,7 +16,7 @@ Everything else derives from this table: slicing the live parameters and wrappin
 (``parallelize.parallelize``), the ``{state-dict name: ShardSpec}`` map (:func:`plan_for_model`, :func:`shard_plan`)
 that the checkpoint resharding and export cut and merge by (``sharding``), megatron's per-parameter attributes
 (``megatron_attributes``), DeepSpeed's universal-checkpoint affine maps (``universal_checkpoint``), the loss functions
-(``vocab.loss_functions``) and the tests. ``ShardSpec`` follows megatron-core's ``(partition_dim, partition_stride)``:
+(``loss.loss_functions``) and the tests. ``ShardSpec`` follows megatron-core's ``(partition_dim, partition_stride)``:
 the full dimension is cut into ``stride * size`` equal chunks and rank ``r`` holds chunks ``r, r + size, ...,
 r + (stride-1)*size``, concatenated in that order, so the block-interleaved layouts of the single-device model
 (x1|x2|v, q|k|v, the GLU's gate|value blocks) need no re-layout.
@@ -52,7 +52,7 @@ LM head + loss         3 all-reduces of (B,L) scalars            all-reduce (B,L
   out_proj row-parallel, the local head count set on the module, attention dropout on a per-rank stream, the MLP's
   dropout drawing TP=1's mask (``rng``).
 * Vocabulary (token embedding, LM head; tied or not): rows sharded; the embedding looks up its own rows and
-  all-reduces; the head returns vocab-sharded logits that ``vocab.loss_functions`` consumes.
+  all-reduces; the head returns vocab-sharded logits that ``loss.loss_functions`` consumes.
 
 **Adding a mesh axis.** Context parallelism (issue 16) slots in as a ``"cp"`` :class:`AxisPlan` in the entries it
 touches, not as new converters: its parameters are all replicated (``params`` empty), activations are sequence-sharded,

@@ -1,5 +1,6 @@
 """Cutting and rebuilding tensors by their ``ShardSpec`` (``plan``): one tensor, a live module's parameters, and the
-maps full state dict <-> per-rank state dicts.
+maps full state dict <-> per-rank state dicts, offline (a list of the ranks' state dicts) or of a live sharded model
+(a gather over its TP group).
 
 ``shard_state_dict`` / ``gather_state_dict`` are exact inverses (pure slicing and concatenation), which is what lets
 a checkpoint be resharded from TP=a to TP=b through the full state dict (``m2dist.checkpoint``), and exported as one
@@ -9,12 +10,13 @@ sharded exactly like its parameter.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from m2dist.parallel.plan import REPLICATED, ShardSpec, shard_plan
+from m2dist.parallel.plan import REPLICATED, ShardSpec, plan_for_model, shard_plan
 
 
 # ------------------------------------------------------------------ one tensor
@@ -91,3 +93,26 @@ def reshard_state_dicts(shards: list[Mapping[str, torch.Tensor]], model_config, 
     """TP=len(shards) state dicts -> TP=new_tp_size state dicts (through the full one)."""
     full = gather_state_dict(shards, model_config)
     return [shard_state_dict(full, r, new_tp_size, model_config) for r in range(new_tp_size)]
+
+
+@torch.no_grad()
+def gather_full_state_dict(model: nn.Module, dst: Optional[int] = None) -> dict:
+    """Collective over the TP group: the single-device state dict of a tensor-parallel ``model`` (on every TP rank,
+    or only on group rank ``dst`` when given -- the others return {})."""
+    from m2dist.parallel.mappings import tp_group, tp_rank, tp_size
+
+    plan = plan_for_model(model)
+    size = tp_size()
+    group = tp_group() if size > 1 else None
+    out = {}
+    for name, t in model.state_dict().items():
+        spec = plan[name]
+        if spec.replicated or size == 1:
+            out[name] = t.detach().clone()
+            continue
+        pieces = [torch.empty_like(t) for _ in range(size)]
+        dist.all_gather(pieces, t.detach().contiguous(), group=group)
+        out[name] = gather_tensor(pieces, spec)
+    if dst is not None and size > 1 and tp_rank() != dst:
+        return {}
+    return out

@@ -120,12 +120,24 @@ class ReduceOutput(Style):
         module.__class__ = RowParallelLinear
 
 
+class VocabParallelEmbedding(nn.Embedding):
+    """Vocab-parallel: an nn.Embedding holding rows ``[vocab_start, vocab_start + num_embeddings)`` of the full table."""
+
+    vocab_start: int
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        start, end = self.vocab_start, self.vocab_start + self.num_embeddings
+        outside = (ids < start) | (ids >= end)
+        local = (ids - start).masked_fill(outside, 0)
+        out = F.embedding(local, self.weight).masked_fill(outside[..., None], 0.0)
+        return reduce_from_tp(out)
+
+
 class VocabEmbedding(Style):
-    """Vocab-parallel ``nn.Embedding``: this rank's rows, a masked lookup, an all-reduce (``vocab``)."""
+    """Vocab-parallel ``nn.Embedding`` (:class:`VocabParallelEmbedding`): this rank's rows, a masked lookup of the ids
+    in its range, an all-reduce; the class changes, not the object, so the name and the tie to the head survive."""
 
     def apply(self, layer, path, plan, rank, size):
-        from m2dist.parallel.vocab import VocabParallelEmbedding
-
         module = layer.get_submodule(path)
         if not isinstance(module, nn.Embedding):
             raise TypeError(f"VocabEmbedding shards an nn.Embedding, {path} is a {type(module).__name__}")

@@ -101,8 +101,7 @@ def replicated_grads_agree(model):
 def check_preset(name, overrides, report):
     from m2dist.models import preset_config, build_model
     from m2dist.parallel import loss_functions
-    from m2dist.parallel.mappings import gather_full_state_dict
-    from m2dist.parallel.sharding import gather_state_dict, shard_state_dict
+    from m2dist.parallel.sharding import gather_full_state_dict, gather_state_dict, shard_state_dict
     from m2dist.parallel.tensor_parallel import apply_tensor_parallel
 
     rank, size = dist.get_rank(), dist.get_world_size()

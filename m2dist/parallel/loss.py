@@ -1,11 +1,10 @@
-"""Vocab-parallel embedding and the loss-side functions of vocab-sharded logits (megatron-core's scheme).
+"""The loss-side functions of a model's logits: cross-entropy, argmax and gather, vocab-parallel (megatron-core's
+scheme) when the logits are sharded over the vocabulary.
 
 Rank r holds vocabulary rows ``[r*V/k, (r+1)*V/k)`` of the token embedding and -- tied or not -- of the LM head
-(``plan``'s vocabulary entries). The embedding looks up the ids that fall in its range, zeros the others and
-all-reduces (:class:`VocabParallelEmbedding`, applied to the existing ``nn.Embedding`` so its name and its tie to the
-head survive). The head returns *sharded* logits (B, L, V/k); the loss is
-``megatron.core.tensor_parallel.vocab_parallel_cross_entropy``, which needs three all-reduces of (B, L) scalars and
-never materialises the full logits.
+(``plan``'s vocabulary entries; the embedding is ``styles.VocabParallelEmbedding``). The head returns *sharded*
+logits (B, L, V/k); the loss is ``megatron.core.tensor_parallel.vocab_parallel_cross_entropy``, which needs three
+all-reduces of (B, L) scalars and never materialises the full logits.
 
 The trainer asks :func:`loss_functions` for the cross-entropy, argmax and logits gather that match how a model's
 logits are laid out: vocab-parallel for a tensor-parallel language model, plain torch otherwise.
@@ -23,20 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m2dist.data.contract import IGNORE_INDEX
-from m2dist.parallel.mappings import gather_last_dim, reduce_from_tp, tp_group, tp_rank
-
-
-class VocabParallelEmbedding(nn.Embedding):
-    """An nn.Embedding holding rows ``[vocab_start, vocab_start + num_embeddings)`` of the full table."""
-
-    vocab_start: int
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        start, end = self.vocab_start, self.vocab_start + self.num_embeddings
-        outside = (ids < start) | (ids >= end)
-        local = (ids - start).masked_fill(outside, 0)
-        out = F.embedding(local, self.weight).masked_fill(outside[..., None], 0.0)
-        return reduce_from_tp(out)
+from m2dist.parallel.mappings import gather_last_dim, tp_group, tp_rank
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
