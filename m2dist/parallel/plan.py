@@ -169,7 +169,7 @@ PLAN: tuple[LayerPlan, ...] = (
         params={"gated_proj.weight": ShardSpec(0, 2),  # gate blocks and their value partners
                 "out_proj.weight": ROWS, "out_proj.bias": ROWS},
         forward={"": (styles.ScatterInput(like="gated_proj.weight"), styles.GatherOutput()),
-                 "dropout": styles.ShardedDropout(features="intermediate_size")},
+                 "dropout": styles.ColumnDropout(features="intermediate_size")},
         local={"intermediate_size": "model.intermediate_size"},
         check=_check_glu)}),
     LayerPlan(SelfAttention, {"tp": AxisPlan(
@@ -180,7 +180,7 @@ PLAN: tuple[LayerPlan, ...] = (
     LayerPlan(DenseMLP, {"tp": AxisPlan(
         params={"in_proj.weight": ROWS, "in_proj.bias": ROWS, "out_proj.weight": COLUMNS},
         forward={"in_proj": styles.CopyInput(), "out_proj": styles.ReduceOutput(),
-                 "dropout": styles.ShardedDropout(features="in_proj.out_features")},
+                 "dropout": styles.ColumnDropout(features="in_proj.out_features")},
         local={"in_proj.out_features": "model.intermediate_size"})}),
     LayerPlan(CausalLM, {"tp": AxisPlan(
         params={"token.weight": ROWS, "lm_head.weight": ROWS},

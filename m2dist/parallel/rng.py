@@ -1,8 +1,8 @@
 """Tensor-parallel-aware randomness.
 
 **Initialisation.** TP=k initialises exactly the model TP=1 does because every rank builds the *full* single-device
-model from the same seed (``engine.build_model_for_training`` seeds before ``build_model``) and then keeps its slice
-(``apply_tensor_parallel``). No rank-dependent RNG stream is involved, so there is nothing to keep in sync. The cost is
+model from the same seed (``m2dist.train.model.build_model_for_training`` seeds before ``build_model``) and then
+keeps its slice (``apply_tensor_parallel``). No rank-dependent RNG stream is involved, so there is nothing to keep in sync. The cost is
 one full fp32 copy of the model per rank during start-up (fine for the 80M-360M models of this project). A
 large-model path would build on the meta device, materialise each sharded parameter at its local shape and fill it
 from ``shard_tensor(<full init of that one tensor>)`` (still seeded identically on all ranks, one tensor at a time),
@@ -17,7 +17,7 @@ or load a consolidated checkpoint through ``shard_state_dict``.
   therefore independent across columns (no two ranks reuse a mask) and equal to TP=1's, so TP=k training with
   dropout follows the TP=1 trajectory. It costs one transient full-size mask per rank.
 * Attention dropout inside SDPA cannot take a mask, so :func:`rank_rng` runs it under a per-rank stream seeded from a
-  number drawn from the default generator (``+ tp_rank``).
+  number drawn from the default generator (``+ tp_rank``; the plan's ``styles.RankDropoutStream``).
 
 Why not megatron's ``get_cuda_rng_tracker().fork()``: the trainer's activation checkpointing is torch's
 non-reentrant ``checkpoint``, which replays the default CPU/CUDA generator states during recomputation but not the

@@ -145,7 +145,7 @@ class VocabEmbedding(Style):
         module.vocab_start = rank * (module.num_embeddings // size)
 
 
-class ShardedDropout(Style):
+class ColumnDropout(Style):
     """Dropout of a tensor whose last dim (``features`` of the layer, full size) is sharded in contiguous slices:
     the child is replaced by ``rng.ShardedDropout``, which draws TP=1's mask and keeps this rank's columns."""
 
@@ -153,12 +153,12 @@ class ShardedDropout(Style):
         self.features = features
 
     def apply(self, layer, path, plan, rank, size):
-        from m2dist.parallel.rng import ShardedDropout as Dropout
+        from m2dist.parallel.rng import ShardedDropout
 
         parent_path, _, name = path.rpartition(".")
         parent = layer.get_submodule(parent_path)
         full = operator.attrgetter(self.features)(layer)
-        setattr(parent, name, Dropout(getattr(parent, name).p, full, rank * (full // size)))
+        setattr(parent, name, ShardedDropout(getattr(parent, name).p, full, rank * (full // size)))
 
 
 class RankDropoutStream(Style):
