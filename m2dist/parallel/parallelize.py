@@ -54,7 +54,7 @@ def parallelize(model: nn.Module, axis: str, rank: int, size: int) -> nn.Module:
                                  f"({type(layer).__name__} at {prefix.rstrip('.') or 'the model'})")
     done: dict = {}
     for prefix, layer, plan in layers:
-        for path, style in plan.styles():
+        for path, style in plan.each_style():
             if path and not _has_module(layer, path):
                 continue  # an optional submodule this layer does not have (mlp_rev of a causal filter)
             style.apply(layer, path, plan, rank, size)

@@ -114,7 +114,8 @@ class AxisPlan:
     check: Optional[Callable[[nn.Module, int], None]] = None  # refusals beyond divisibility
     logits_like: Optional[str] = None  # the layer's output (logits) is cut on its last dim like this parameter's rows
 
-    def styles(self) -> Iterator[tuple[str, styles.Style]]:
+    def each_style(self) -> Iterator[tuple[str, styles.Style]]:
+        """(submodule path, style) pairs, a tuple of styles on one path unrolled in order."""
         for path, value in self.forward.items():
             for style in (value if isinstance(value, tuple) else (value,)):
                 yield path, style

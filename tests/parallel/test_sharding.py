@@ -155,9 +155,9 @@ def test_every_planned_name_exists_in_a_model():
             assert layers, entry.layer
             for rel in plan.params:
                 assert any(has_tensor(m, rel) for m in layers), (entry.layer.__name__, rel)
-            for path, _ in plan.styles():
+            for path, _ in plan.each_style():
                 assert not path or any(_has(m, path) for m in layers), (entry.layer.__name__, path)
-            for like in [getattr(s, "like", None) for _, s in plan.styles()]:
+            for like in [getattr(s, "like", None) for _, s in plan.each_style()]:
                 assert like is None or like in plan.params
 
 
