@@ -154,11 +154,10 @@ def long_conv_rows(ceil: dict, ref_fft) -> list:
                 return step
 
             fused = lambda: fft_long_conv(u, kf, kr, skip)  # noqa: E731
-            with kernels(False):
-                ref = lambda: long_conv(u, kf, kr, skip)  # noqa: E731
-                with torch.no_grad():
-                    t_ref = timed(ref, reps=20)
-                tt_ref = timed(train(ref))
+            ref = lambda: long_conv(u, kf, kr, skip)  # noqa: E731  (m2dist.ops: the PyTorch reference)
+            with torch.no_grad():
+                t_ref = timed(ref, reps=20)
+            tt_ref = timed(train(ref))
             with torch.no_grad():
                 t_fused = timed(fused, reps=20)
                 n = 2 * L
@@ -175,7 +174,7 @@ def long_conv_rows(ceil: dict, ref_fft) -> list:
             if monarch_fft_conv.supports(L):  # opt-in kernel: a failure here is recorded, not fatal
                 mon = lambda: monarch_fft_conv.monarch_long_conv(u, kf, kr, skip)  # noqa: E731
                 try:
-                    with torch.no_grad(), kernels(False):
+                    with torch.no_grad():
                         y_ref = ref().float()
                         err = ((mon().float() - y_ref).norm() / y_ref.norm()).item()
                         t_mon = timed(mon, reps=20)
@@ -205,9 +204,11 @@ def long_conv_rows(ceil: dict, ref_fft) -> list:
 
 
 def mixer_rows(ceil):
-    """The fused mixer core (m2dist.ops.mixer_core on the fused path) against the per-op-kernel and PyTorch paths of
-    the same op, at BERT-base width and 32K tokens, bidirectional with the residual long conv, bf16 z (autocast)."""
-    from m2dist.ops import mixer_core
+    """The fused mixer core against the per-op-kernel and PyTorch paths of the same op (the mixer's core module as
+    ``accelerate`` converts it under each path's switches), at BERT-base width and 32K tokens, bidirectional with
+    the residual long conv, bf16 z (autocast)."""
+    from m2dist.kernels import accelerate
+    from m2dist.models.sequence_mixer import MixerCore
 
     rows, H = [], (8 if SMOKE else 768)
     lens = [16] if SMOKE else ([2048] if QUICK else [1024, 2048, 16384])
@@ -226,9 +227,11 @@ def mixer_rows(ceil):
         tok = B * L
         fwd_bytes = tok * (3 * H * 2 + H * 4 + H * 2)  # z bf16, u fp32 in; y bf16 out
         train_bytes = fwd_bytes + tok * (H * 2 + 3 * H * 2 + H * 4 + 3 * H * 2 + H * 4)  # dy, z, u in; dz, du out
+        core = None
+
         def call():
             with torch.autocast(dev, dtype=bf16):  # as in the model: the reference's short conv runs in bf16
-                return mixer_core(z, u, w, b, filt, res)
+                return core(z, u, w, b, filt, res)
 
         def train():
             call().backward(gy)
@@ -236,6 +239,7 @@ def mixer_rows(ceil):
         row = dict(micro=f"mixer_core_bidir_B{B}_H{H}_L{L}")
         for path in ("fused", "kernels", "torch"):
             with kernels(path):
+                core = accelerate(MixerCore())  # FusedMixerCore, LongConvKernelCore, MixerCore
                 with torch.no_grad():
                     tf = timed(call, reps=10)
                 tt = timed(train, reps=10)
@@ -266,7 +270,7 @@ def monarch_rows():
         dense_flops = 2 * M * d_in * d_out
 
         kernel = lambda: monarch_matmul(x, *weights)  # noqa: E731
-        einsum = lambda: layer(x)  # noqa: E731  (the layer's own path when called under kernels(False))
+        einsum = lambda: layer(x)  # noqa: E731  (the layer's own path: not converted)
 
         def train(f):
             def step():
@@ -277,16 +281,13 @@ def monarch_rows():
 
         with torch.no_grad():
             y = kernel().float()
-            with kernels(False):
-                y_ref = einsum().float()
+            y_ref = einsum().float()
             err = ((y - y_ref).norm() / y_ref.norm()).item()
             t_ker = timed(kernel, reps=20)
-            with kernels(False):
-                t_ein = timed(einsum, reps=20)
+            t_ein = timed(einsum, reps=20)
             t_dense = timed(lambda: dense(x), reps=20)
         tt_ker = timed(train(kernel))
-        with kernels(False):
-            tt_ein = timed(train(einsum))
+        tt_ein = timed(train(einsum))
         tt_dense = timed(train(lambda: dense(x)))
         row = dict(micro=f"monarch_{M}x{d_in}->{d_out}_nb{nb}", kernel_rel_err_vs_einsum=float(f"{err:.2e}"),
                    monarch_gflop_fwd=round(flops / 1e9, 1), dense_gflop_fwd=round(dense_flops / 1e9, 1))

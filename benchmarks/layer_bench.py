@@ -24,6 +24,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import emit, env_info, kernels, save, timed  # noqa: E402
 
+from m2dist.kernels import accelerate  # noqa: E402
 from m2dist.models.attention import SelfAttention  # noqa: E402
 from m2dist.models.blocks import M2BertLayer, PostNormBlock  # noqa: E402
 from m2dist.models.dense_mlp import DenseMLP  # noqa: E402
@@ -79,8 +80,8 @@ def candidates(L: int, causal: bool):
 def measure(make, L: int, path: str, compile_: bool) -> dict:
     B = max(1, TOKENS // L)
     torch.manual_seed(0)
-    with kernels(path):
-        m = nn.Sequential(*[make() for _ in range(NLAYERS)]).cuda()
+    with kernels(path):  # accelerate reads the path's M2DIST_* switches
+        m = accelerate(nn.Sequential(*[make() for _ in range(NLAYERS)])).cuda()
         nparam = sum(p.numel() for p in m.parameters())
         if compile_:
             m = torch.compile(m, mode=COMPILE_MODE)

@@ -15,12 +15,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import kernels, timed  # noqa: E402
 from layer_bench import NLAYERS, TOKENS, D, m2_layer  # noqa: E402
 
+from m2dist.kernels import accelerate  # noqa: E402
+
 
 def main():
     L = int(os.environ.get("L", 2048))
     causal = os.environ.get("CAUSAL") == "1"
-    with kernels(os.environ.get("PATH_", "fused")):
-        m = nn.Sequential(*[m2_layer(L, causal) for _ in range(NLAYERS)]).cuda()
+    with kernels(os.environ.get("PATH_", "fused")):  # accelerate reads the path's M2DIST_* switches
+        m = accelerate(nn.Sequential(*[m2_layer(L, causal) for _ in range(NLAYERS)])).cuda()
         if os.environ.get("COMPILE") == "1":
             m = torch.compile(m)
         x = torch.randn(TOKENS // L, L, D, device="cuda", requires_grad=True)

@@ -190,6 +190,7 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
 
     from m2dist.data import build_dataloader
     from m2dist.data.contract import IGNORE_INDEX, task_of
+    from m2dist.kernels import accelerate
     from m2dist.models import build_model
     from m2dist.train.layer_options import apply_layer_options
     from m2dist.train.metrics import memory_gib
@@ -210,7 +211,7 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
                 break
     del loader
     torch.manual_seed(cfg.trainer.seed)
-    model = apply_layer_options(build_model(cfg.model), cfg).to(device)
+    model = apply_layer_options(accelerate(build_model(cfg.model)), cfg).to(device)  # the trainer's order
     optimizer = build_optimizer(model, cfg, str(device))
     scheduler = build_scheduler(optimizer, cfg.schedule, steps)
     task = task_of(cfg)

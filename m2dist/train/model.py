@@ -11,11 +11,12 @@ from m2dist.train.layer_options import apply_layer_options
 
 
 def build_model_for_training(cfg: Config, groups) -> nn.Module:
+    from m2dist.kernels import accelerate
     from m2dist.models import build_model
 
     # Same seed on every rank: every rank builds the same full model before sharding/partitioning.
     torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model)
+    model = accelerate(build_model(cfg.model))  # fused kernels where they apply, before tensor parallelism
     if cfg.parallel.tensor > 1:
         try:
             from m2dist.parallel.tensor_parallel import apply_tensor_parallel

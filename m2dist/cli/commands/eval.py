@@ -42,7 +42,9 @@ def _eval(args) -> int:
             _apply_override(data, item, {})
         cfg = config_from_dict(data)
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    model = model.to(device)
+    from m2dist.kernels import accelerate
+
+    model = accelerate(model).to(device)  # the fused kernels, as in training
 
     class _Single:  # the reader's view of a one-process layout
         tensor_size, data_size, tensor_rank, data_rank = 1, 1, 0, 0
