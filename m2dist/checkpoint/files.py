@@ -46,6 +46,16 @@ def read_trainer_state(path: str) -> dict:
         return json.load(f)
 
 
+def read_config(path: str):
+    """The resolved run config saved in checkpoint ``path``, as a :class:`m2dist.config.Config`."""
+    import yaml
+
+    from m2dist.config import config_from_dict
+
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+        return config_from_dict(yaml.safe_load(f))
+
+
 def resolve_checkpoint(path: str) -> str:
     """``path`` itself for a checkpoint directory (``.../step_<N>``); for a checkpoint root (``checkpoint.dir``,
     holding ``latest``), the checkpoint ``latest`` names."""

@@ -8,7 +8,7 @@ import shutil
 
 import torch
 
-from m2dist.checkpoint.files import read_trainer_state
+from m2dist.checkpoint.files import read_config, read_trainer_state
 from m2dist.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -34,13 +34,12 @@ def reshard_zero0(path: str, out: str, tensor_parallel: int, data_parallel: int,
     new files use the live optimizer's order. Shapes are checked against the saved model slices."""
     import glob
 
-    from m2dist.checkpoint.export import _load_config_from_checkpoint
     from m2dist.parallel.sharding import REPLICATED, gather_tensor, shard_plan, shard_state_dict, shard_tensor
 
     files = sorted(glob.glob(os.path.join(path, "mp_rank_*_model_states.pt")))
     shards = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
     order = list(read_trainer_state(path)["parameters"])
-    plan = shard_plan(_load_config_from_checkpoint(path).model)
+    plan = shard_plan(read_config(path).model)
     membership = {g["name"]: set(g["params"]) for g in group_names}
 
     per_rank = []  # per saved tensor rank: {parameter name: its AdamW state}

@@ -129,11 +129,6 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise _Mismatch
 
 
-def source_of(dotted: str, sources: dict[str, str]) -> str:
-    """Where a dotted key was set: a file, the command line, or (never set) the defaults."""
-    return sources.get(dotted, "the config" if not sources else "the defaults")
-
-
 def _build(cls: type, data: dict, sources: dict[str, str], prefix: str = ""):
     hints = _field_types(cls)
     kwargs = {}

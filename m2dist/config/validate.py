@@ -12,6 +12,11 @@ from m2dist.config.model import TASK_OF_ARCH
 from m2dist.config.schema import Config
 
 
+def source_of(dotted: str, sources: dict[str, str]) -> str:
+    """Where a dotted key was set: a file, the command line, or (never set) the defaults."""
+    return sources.get(dotted, "the config" if not sources else "the defaults")
+
+
 def _get(cfg: Config, dotted: str):
     node = cfg
     for part in dotted.split("."):
@@ -75,8 +80,6 @@ RULES: dict[str, tuple[Callable, str]] = {
 
 def problems(cfg: Config, sources: dict[str, str]) -> list[str]:
     """One line per value out of range, in RULES order (empty when all are fine)."""
-    from m2dist.config.loader import source_of
-
     out = []
 
     def bad(key: str, value, allowed: str) -> None:

@@ -23,13 +23,13 @@ def _eval(args) -> int:
     if not os.path.exists(args.model):
         raise ConfigError(f"{args.model}: no such checkpoint directory or exported .safetensors file")
     if os.path.isdir(args.model):
-        from m2dist.checkpoint.export import _load_config_from_checkpoint, consolidated_state_dict
-        from m2dist.checkpoint.files import resolve_checkpoint
+        from m2dist.checkpoint.export import consolidated_state_dict
+        from m2dist.checkpoint.files import read_config, resolve_checkpoint
         from m2dist.models import build_model
 
         args.model = resolve_checkpoint(args.model)  # a checkpoint.dir root: the checkpoint `latest` names
 
-        cfg = _load_config_from_checkpoint(args.model)
+        cfg = read_config(args.model)
         model = build_model(cfg.model)
         model.load_state_dict(consolidated_state_dict(args.model), strict=False)
     else:
