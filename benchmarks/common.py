@@ -60,7 +60,7 @@ def ceilings() -> dict:
     return dict(dense_gemm_8192_bf16_tflops=round(gemm, 1), d2d_copy_2GiB_GBps=round(copy))
 
 
-PATHS = {  # which of the project's code paths a benchmark row runs (env read by m2dist.kernels.dispatch)
+PATHS = {  # which of the project's code paths a benchmark row runs (env read by m2dist.kernels.convert when accelerate runs)
     "fused": {"M2DIST_KERNELS": "1", "M2DIST_FUSED": "1"},  # fused mixer core + GLU, block-diagonal kernel
     "kernels": {"M2DIST_KERNELS": "1", "M2DIST_FUSED": "0"},  # per-op kernels only: long conv, block-diagonal
     "torch": {"M2DIST_KERNELS": "0"},  # the PyTorch reference path
