@@ -33,16 +33,21 @@ def _writable_dir(path: str, key: str) -> None:
 def check_run(cfg: Config, world_size: int | None = None) -> None:
     """Raise ConfigError, one line naming the key and the file or value, for the first thing the run would lack."""
     world = world_size_from_env() if world_size is None else world_size
-    tensor = cfg.parallel.tensor
-    if world % tensor:
-        raise ConfigError(f"parallel.tensor={tensor} does not divide the world size {world} (the processes the "
-                          f"launcher started); start a multiple of {tensor}, e.g. "
-                          f"`torchrun --nproc_per_node={tensor} -m m2dist train ...`")
-    t, data_parallel = cfg.trainer, world // tensor
+    tensor, context = cfg.parallel.tensor, cfg.parallel.context
+    model_parallel = tensor * context
+    if world % model_parallel:
+        what = f"parallel.tensor={tensor}" if context == 1 else \
+            f"parallel.tensor={tensor} x parallel.context={context} = {model_parallel}"
+        raise ConfigError(f"{what} does not divide the world size {world} (the processes the launcher started); "
+                          f"start a multiple of {model_parallel}, e.g. "
+                          f"`torchrun --nproc_per_node={model_parallel} -m m2dist train ...`")
+    t, data_parallel = cfg.trainer, world // model_parallel
     if t.global_batch_size % (t.micro_batch_size * data_parallel):
+        divisor = f"parallel.tensor {tensor}" if context == 1 else f"(parallel.tensor {tensor} x parallel.context " \
+            f"{context})"
         raise ConfigError(f"trainer.global_batch_size={t.global_batch_size} is not a multiple of "
                           f"trainer.micro_batch_size={t.micro_batch_size} x data-parallel size {data_parallel} "
-                          f"(world {world} / parallel.tensor {tensor})")
+                          f"(world {world} / {divisor})")
 
     d = cfg.data
     if d.kind != "image":

@@ -54,8 +54,12 @@ class ScheduleConfig:
 
 @dataclass
 class ParallelConfig:
-    # Tensor-parallel size; the data-parallel size is world_size / tensor.
+    # Tensor-parallel size.
     tensor: int = 1
+    # Context-parallel size (M2 models): each rank holds max_seq_len / context tokens of the same samples. The
+    # data-parallel size is world_size / (tensor x context); rank order: tensor innermost, then context, then data
+    # (docs/context_parallel.md).
+    context: int = 1
 
 
 @dataclass

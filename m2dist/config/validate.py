@@ -47,6 +47,7 @@ def _one_of(*choices):
 RULES: dict[str, tuple[Callable, str]] = {
     "deepspeed.zero_stage": _one_of(0, 1, 2, 3),
     "parallel.tensor": _at_least(1),
+    "parallel.context": _at_least(1),
     "trainer.max_steps": _at_least(0),
     "trainer.global_batch_size": _at_least(1),
     "trainer.micro_batch_size": _at_least(1),
@@ -99,6 +100,7 @@ def problems(cfg: Config, sources: dict[str, str]) -> list[str]:
     if t.micro_batch_size >= 1 and t.global_batch_size >= 1 and t.global_batch_size % t.micro_batch_size:
         bad("trainer.global_batch_size", t.global_batch_size,
             f"a multiple of trainer.micro_batch_size={t.micro_batch_size}")
+    out.extend(_context_problems(cfg, sources))
     arch, kind = cfg.model.arch, cfg.data.kind
     if kind != TASK_OF_ARCH[arch]:
         same_kind = ", ".join(a for a, task in TASK_OF_ARCH.items() if task == kind)
@@ -106,4 +108,31 @@ def problems(cfg: Config, sources: dict[str, str]) -> list[str]:
                    f"{source_of('model.arch', sources)}) disagree: data.kind={kind!r} but model.arch={arch!r} "
                    f"trains on {TASK_OF_ARCH[arch]!r} data (set data.kind={TASK_OF_ARCH[arch]}, or an arch that "
                    f"trains on {kind!r}: {same_kind})")
+    return out
+
+
+def _context_problems(cfg: Config, sources: dict[str, str]) -> list[str]:
+    """Context parallelism (parallel.context > 1) the model cannot run: one line each (issue 16's errors)."""
+    cp, tp, m = cfg.parallel.context, cfg.parallel.tensor, cfg.model
+    if cp <= 1 or tp < 1:
+        return []
+    key = f"parallel.context={cp} (from {source_of('parallel.context', sources)})"
+    if not m.arch.startswith("m2_"):
+        return [f"{key} needs an M2 model: model.arch={m.arch!r} is a Transformer baseline, whose attention has no "
+                f"context-parallel form here (ring attention is not implemented); use parallel.context=1"]
+    if m.arch == "m2_vit":
+        return [f"{key}: parallel.context>1 is not supported for m2_vit yet (its patch sequence and mean pooling are "
+                f"not split); use parallel.context=1"]
+    out = []
+    if m.max_seq_len % cp:
+        out.append(f"{key} does not divide the sequence length model.max_seq_len={m.max_seq_len} (from "
+                   f"{source_of('model.max_seq_len', sources)}): each rank holds max_seq_len / parallel.context "
+                   f"consecutive tokens")
+    elif m.max_seq_len // cp < m.short_conv_size - 1:
+        out.append(f"{key} leaves {m.max_seq_len // cp} tokens per rank (model.max_seq_len={m.max_seq_len}), fewer "
+                   f"than the short conv's halo of model.short_conv_size-1={m.short_conv_size - 1}")
+    if m.hidden_size % (tp * cp):
+        out.append(f"{key} with parallel.tensor={tp} cannot split model.hidden_size={m.hidden_size} (from "
+                   f"{source_of('model.hidden_size', sources)}): each rank convolves hidden_size / (tensor x "
+                   f"context) channels, so tensor x context={tp * cp} must divide it")
     return out
