@@ -14,21 +14,12 @@ import re
 
 import torch
 
-from m2dist.checkpoint.manager import CONFIG_FILE, read_trainer_state, step_of
+from m2dist.checkpoint.files import read_config, read_trainer_state, step_of
 from m2dist.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 CONFIG_METADATA_KEY = "m2dist_config"
-
-
-def _load_config_from_checkpoint(path: str):
-    import yaml
-
-    from m2dist.config import config_from_dict
-
-    with open(os.path.join(path, CONFIG_FILE)) as f:
-        return config_from_dict(yaml.safe_load(f))
 
 
 def _merge_tensor_parallel(shards: list[dict], model_config) -> dict:
@@ -50,7 +41,7 @@ def consolidated_state_dict(path: str) -> dict[str, torch.Tensor]:
         files = sorted(glob.glob(os.path.join(path, "mp_rank_*_model_states.pt")))
         shards = [{k: v.float() for k, v in torch.load(f, map_location="cpu", weights_only=False)["module"].items()}
                   for f in files]
-        return _merge_tensor_parallel(shards, _load_config_from_checkpoint(path).model)
+        return _merge_tensor_parallel(shards, read_config(path).model)
     if layout["tensor_parallel"] > 1:
         # ZeRO >= 1 with tensor parallelism: DeepSpeed's universal conversion merges the tensor slices (given the
         # model's universal_checkpoint_info patterns) into one fp32 tensor per parameter.
@@ -58,7 +49,7 @@ def consolidated_state_dict(path: str) -> dict[str, torch.Tensor]:
         # afterwards, never next to the user's checkpoint.
         import tempfile
 
-        from m2dist.checkpoint.manager import convert_to_universal
+        from m2dist.checkpoint.universal import convert_to_universal
 
         sd = {}
         with tempfile.TemporaryDirectory(prefix="m2dist-export-") as work:
@@ -75,7 +66,7 @@ def consolidated_state_dict(path: str) -> dict[str, torch.Tensor]:
         # keep the canonical names (export restores the aliases from the model's tying).
         from m2dist.models import build_model
 
-        canonical = {n for n, _ in build_model(_load_config_from_checkpoint(path).model).named_parameters()}
+        canonical = {n for n, _ in build_model(read_config(path).model).named_parameters()}
         return {k: v for k, v in sd.items() if k in canonical}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -95,7 +86,7 @@ def export_checkpoint(path: str, output: str) -> dict:
     from m2dist.config import config_to_dict
     from m2dist.models import build_model
 
-    cfg = _load_config_from_checkpoint(path)
+    cfg = read_config(path)
     sd = {_normalise_key(k): v for k, v in consolidated_state_dict(path).items()}
     model = build_model(cfg.model)
     # Strict load into the plain single-device model: proves the export is complete and correctly named, and fills

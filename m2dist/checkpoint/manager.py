@@ -44,8 +44,6 @@ from m2dist.checkpoint.optimizer_repair import (
 )
 from m2dist.checkpoint.universal import convert_to_universal, deepspeed_tensor_group
 from m2dist.checkpoint.zero0_reshard import optimizer_group_names, reshard_zero0
-# Not used here: checkpoint/export.py imports them from this module (they live in files.py now).
-from m2dist.checkpoint.files import read_trainer_state, step_of  # noqa: F401,E402
 from m2dist.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -7,16 +7,17 @@ from torch import nn
 from m2dist.models.attention import SelfAttention
 from m2dist.models.bert import BertForMaskedLM
 from m2dist.models.blocks import M2BertLayer, PostNormBlock, PreNormBlock
-from m2dist.config.model import ModelConfig
+from m2dist.config.model import TASK_OF_ARCH, ModelConfig
 from m2dist.models.dense_mlp import DenseMLP
 from m2dist.models.gpt import CausalLM
 from m2dist.models.monarch_mlp import MonarchGLU
 from m2dist.models.sequence_mixer import M2SequenceMixer
 from m2dist.models.vit import VisionClassifier
 
-M2_ARCHS = ("m2_bert", "m2_gpt", "m2_vit")
-CAUSAL_ARCHS = ("m2_gpt", "gpt")
-VISION_ARCHS = ("m2_vit", "vit")
+# Derived from the one arch -> task table, so a new arch is written once.
+M2_ARCHS = tuple(a for a in TASK_OF_ARCH if a.startswith("m2_"))
+CAUSAL_ARCHS = tuple(a for a, task in TASK_OF_ARCH.items() if task == "causal_lm")
+VISION_ARCHS = tuple(a for a, task in TASK_OF_ARCH.items() if task == "image")
 
 
 def is_m2(cfg: ModelConfig) -> bool:
