@@ -32,6 +32,7 @@ from data_prep.image_prep import prep_imagenet  # noqa: E402
 from data_prep.synthetic import pile_lines, synthetic_documents, write_zst  # noqa: E402
 from data_prep.text_prep import prep_text  # noqa: E402
 from data_prep.tokenizer_training import train_tokenizer  # noqa: E402
+from m2dist.data.contract import IMAGE_COLUMN, IMAGE_COLUMNS, LABEL_COLUMN, TOKENS_COLUMN  # noqa: E402
 
 
 def plain_text_loop(files, tokenizer, out, seq_len) -> int:
@@ -41,7 +42,7 @@ def plain_text_loop(files, tokenizer, out, seq_len) -> int:
 
     sp = spm.SentencePieceProcessor(model_file=tokenizer)
     written = 0
-    with MDSWriter(out=out, columns={"tokens": "ndarray:uint16"}, size_limit="64mb") as writer:
+    with MDSWriter(out=out, columns={TOKENS_COLUMN: "ndarray:uint16"}, size_limit="64mb") as writer:
         for path in files:
             buf = []  # each file packed on its own, as prep does (a file is a part)
             with open(path, "rb") as fh:
@@ -49,7 +50,7 @@ def plain_text_loop(files, tokenizer, out, seq_len) -> int:
                 for line in reader:
                     buf += sp.encode(json.loads(line)["text"]) + [sp.eos_id()]
                     while len(buf) >= seq_len:
-                        writer.write({"tokens": np.asarray(buf[:seq_len], dtype=np.uint16)})
+                        writer.write({TOKENS_COLUMN: np.asarray(buf[:seq_len], dtype=np.uint16)})
                         buf = buf[seq_len:]
                         written += seq_len
     return written
@@ -61,11 +62,11 @@ def plain_image_loop(root: Path, out) -> int:
 
     wnids = sorted(p.name for p in (root / "train").iterdir())
     n = 0
-    with MDSWriter(out=out, columns={"image": "jpeg", "label": "int"}, size_limit="64mb") as writer:
+    with MDSWriter(out=out, columns=IMAGE_COLUMNS, size_limit="64mb") as writer:
         for label, wnid in enumerate(wnids):
             for path in sorted((root / "train" / wnid).iterdir()):
                 with Image.open(path) as img:
-                    writer.write({"image": img.convert("RGB"), "label": label})
+                    writer.write({IMAGE_COLUMN: img.convert("RGB"), LABEL_COLUMN: label})
                 n += 1
     return n
 
