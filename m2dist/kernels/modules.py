@@ -25,7 +25,7 @@ from m2dist.models.sequence_mixer import MixerCore
 from m2dist.monarch.blockdiag import BlockDiagonalProduct
 from m2dist.monarch.monarch_linear import MonarchProduct
 from m2dist.ops.long_conv import check_long_conv_inputs, long_conv
-from m2dist.ops.mixer_core import check_mixer_core_inputs, mixer_core
+from m2dist.ops.mixer_core import check_mixer_core_inputs
 
 
 def _on_gpu(t: torch.Tensor) -> bool:
@@ -123,11 +123,8 @@ class LongConvKernelCore(MixerCore):
 
     long_conv_kernel = "fft"
 
-    def forward(self, z: torch.Tensor, u: Optional[torch.Tensor], conv_weight: torch.Tensor,
-                conv_bias: torch.Tensor, filt, residual_filt=None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return mixer_core(z, u, conv_weight, conv_bias, filt, residual_filt, keep, long_conv=self._long_conv)
-
-    def _long_conv(self, u, k_fwd, k_rev=None, skip=None):
+    def long_conv(self, u, k_fwd, k_rev=None, skip=None):
+        # MixerCore.forward runs mixer_core with this; so does a core that context parallelism replaced.
         return kernel_long_conv(u, k_fwd, k_rev, skip, kernel=self.long_conv_kernel)
 
 

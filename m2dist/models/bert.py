@@ -36,7 +36,8 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.token(input_ids)
         if self.position is not None:
-            x = x + self.position.weight[: input_ids.shape[1]]
+            # Looked up (not sliced) so that context parallelism can offset a rank's positions (a hook on it).
+            x = x + self.position(torch.arange(input_ids.shape[1], device=input_ids.device))
         if self.token_type is not None:
             x = x + self.token_type.weight[0]
         return self.dropout(self.norm(x))

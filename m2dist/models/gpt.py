@@ -35,7 +35,8 @@ class CausalLM(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.token(input_ids)
         if self.position is not None:
-            x = x + self.position.weight[: input_ids.shape[1]]
+            # Looked up (not sliced) so that context parallelism can offset a rank's positions (a hook on it).
+            x = x + self.position(torch.arange(input_ids.shape[1], device=input_ids.device))
         return x
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from m2dist.models.init import init_linear_
@@ -38,6 +39,16 @@ def positional_features(l_max: int, emb_dim: int) -> tuple[torch.Tensor, torch.T
     return z, t
 
 
+class RowsLinear(nn.Linear):
+    """An nn.Linear that can compute a subset of its output features (``rows``, a slice of ``weight``'s rows):
+    a rank that needs only some channels' taps pays only for those. Still a module call, so a hook on it applies."""
+
+    def forward(self, x: torch.Tensor, rows: Optional[slice] = None) -> torch.Tensor:
+        if rows is None:
+            return super().forward(x)
+        return F.linear(x, self.weight[rows], None if self.bias is None else self.bias[rows])
+
+
 class FilterMLP(nn.Module):
     """Positional features → per-channel taps: three Linear+Sin layers, then Linear(order→H, no bias)."""
 
@@ -46,14 +57,14 @@ class FilterMLP(nn.Module):
         self.layers = nn.ModuleList(
             [nn.Linear(emb_dim, order)] + [nn.Linear(order, order) for _ in range(num_hidden)]
         )
-        self.out = nn.Linear(order, channels, bias=False)
+        self.out = RowsLinear(order, channels, bias=False)
         for layer in [*self.layers, self.out]:
             init_linear_(layer, "paper")
 
-    def forward(self, z: torch.Tensor, freq: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, freq: torch.Tensor, rows: Optional[slice] = None) -> torch.Tensor:
         for layer in self.layers:
             z = torch.sin(freq * layer(z))
-        return self.out(z)
+        return self.out(z, rows)
 
 
 class ImplicitFilter(nn.Module):
@@ -73,16 +84,20 @@ class ImplicitFilter(nn.Module):
         self.register_buffer("decay", torch.linspace(target / 1.5, target / 0.3, channels).abs(), persistent=False)
         self.D = nn.Parameter(torch.randn(channels))
 
-    def forward(self, length: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``(k_fwd, k_rev)``, each (H, length); ``k_rev`` is None for a causal filter."""
+    def forward(self, length: int, channels: Optional[slice] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(k_fwd, k_rev)``, each (H, length); ``k_rev`` is None for a causal filter. ``channels``: only those
+        rows (the hidden layers still run at every position; only the output layer, the dominant cost when
+        H >> order, and the decay are restricted). Context parallelism asks each rank for its channels over the
+        global length (``m2dist.parallel.styles.ContextFilter``)."""
         if length > self.l_max:
             raise ValueError(f"sequence length {length} exceeds the filter's l_max={self.l_max} (model.max_seq_len)")
+        decay = self.decay if channels is None else self.decay[channels]
         # fp32 even under autocast: the taps feed an fp32 FFT, and the MLP is tiny, so bf16 would only add a cast
         # kernel per weight and step (~70 launches per layer, a visible share of a step's CPU time on a GPU).
         with torch.autocast(self.z.device.type, enabled=False):
             z = self.z[:length]
-            modulation = torch.exp(-self.t[:length] * self.decay)  # (L, H)
-            k_fwd = (self.mlp_fwd(z, self.freq) * modulation).transpose(0, 1)
+            modulation = torch.exp(-self.t[:length] * decay)  # (L, H)
+            k_fwd = (self.mlp_fwd(z, self.freq, channels) * modulation).transpose(0, 1)
             if self.mlp_rev is None:
                 return k_fwd, None
-            return k_fwd, (self.mlp_rev(z, self.freq) * modulation).transpose(0, 1)
+            return k_fwd, (self.mlp_rev(z, self.freq, channels) * modulation).transpose(0, 1)

@@ -35,6 +35,7 @@ from torch import nn
 from m2dist.models.hyena_filter import ImplicitFilter
 from m2dist.models.init import init_linear_
 from m2dist.ops import mixer_core
+from m2dist.ops.long_conv import long_conv as reference_long_conv
 
 
 class MixerCore(nn.Module):
@@ -44,7 +45,13 @@ class MixerCore(nn.Module):
 
     def forward(self, z: torch.Tensor, u: Optional[torch.Tensor], conv_weight: torch.Tensor,
                 conv_bias: torch.Tensor, filt, residual_filt=None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return mixer_core(z, u, conv_weight, conv_bias, filt, residual_filt, keep)
+        return mixer_core(z, u, conv_weight, conv_bias, filt, residual_filt, keep, long_conv=self.long_conv)
+
+    def long_conv(self, u: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor] = None,
+                  skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The long convolution this core runs (``m2dist.ops.long_conv``; a kernel-backed core overrides it, and a
+        core replaced from outside, e.g. by context parallelism, calls it)."""
+        return reference_long_conv(u, k_fwd, k_rev, skip)
 
 
 class M2SequenceMixer(nn.Module):

@@ -27,8 +27,9 @@ the global target count.
 
 Filters: a rank convolves only its channels ``context_channels(H, rank, CP)``, over the whole length. ``filt`` may
 hold all H rows (sliced here; fine but it generates CP times the taps it needs) or just the rank's H/CP rows, the
-efficient form, which ``context_filter`` generates from an ``ImplicitFilter`` (its hidden layers at all L positions,
-computed on every rank, and only this rank's rows of the output layer, decay and D).
+efficient form, which ``ImplicitFilter(length, channels=context_channels(...))`` generates (its hidden layers at all
+L positions, computed on every rank, and only this rank's rows of the output layer and decay; the trainer's models
+get it through the plan's ``styles.ContextFilter``).
 """
 
 from __future__ import annotations
@@ -220,38 +221,6 @@ def _local_filter(filt: Filter, hidden: int, channels: slice, length: int, name:
                              f"{hidden} or this rank's {width}")
         out.append(t)
     return tuple(out)
-
-
-def context_filter(f, length: int, channels: slice,
-                   enter: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Filter:
-    """``(k_fwd, k_rev, D)`` of ``ImplicitFilter`` ``f`` for ``channels`` only, each (len(channels), length).
-
-    Equal to ``(*f(length), f.D)`` sliced to those rows (tested), but it evaluates the output layer (order -> H,
-    the filter's dominant cost) for this rank's rows only: the hidden layers run at all ``length`` positions on
-    every CP rank, since every rank convolves the full length. Their parameters' gradients are this rank's part,
-    summed over CP by the gradient reduction like any replicated parameter's.
-
-    ``enter`` is applied to the hidden features before the output rows, because this bypasses the output layer's
-    forward (and so any hook a plan put there): under TP x CP pass ``copy_to_tp``, which the TP plan's ``CopyInput``
-    on ``mlp_*.out`` would otherwise apply, so the replicated hidden layers get the gradient of all TP channels.
-    ``channels`` then index the filter's TP-local rows.
-    """
-    if length > f.l_max:
-        raise ValueError(f"sequence length {length} exceeds the filter's l_max={f.l_max} (model.max_seq_len)")
-    with torch.autocast(f.z.device.type, enabled=False):
-        z = f.z[:length]
-        modulation = torch.exp(-f.t[:length] * f.decay[channels])  # (L, H/CP)
-
-        def taps(mlp):
-            hid = z
-            for layer in mlp.layers:
-                hid = torch.sin(f.freq * layer(hid))
-            if enter is not None:
-                hid = enter(hid)
-            return (F.linear(hid, mlp.out.weight[channels]) * modulation).transpose(0, 1)
-
-        k_rev = None if f.mlp_rev is None else taps(f.mlp_rev)
-        return taps(f.mlp_fwd), k_rev, f.D[channels]
 
 
 # ---------------------------------------------------------------- the core

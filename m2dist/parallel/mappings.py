@@ -54,6 +54,38 @@ def tp_size() -> int:
     return parallel_state.get_tensor_model_parallel_world_size()
 
 
+def _megatron_initialised() -> bool:
+    # Not imported = not initialised: a TP = CP = 1 process never pays megatron's import (groups.py).
+    if "megatron.core.parallel_state" not in sys.modules:
+        return False
+    from megatron.core import parallel_state
+
+    return parallel_state.model_parallel_is_initialized()
+
+
+def cp_group():
+    """The context-parallel group (megatron's; ranks TP apart, in sequence order)."""
+    from megatron.core import parallel_state
+
+    return parallel_state.get_context_parallel_group()
+
+
+def cp_rank() -> int:
+    if not _megatron_initialised():
+        return 0
+    from megatron.core import parallel_state
+
+    return parallel_state.get_context_parallel_rank()
+
+
+def cp_size() -> int:
+    if not _megatron_initialised():
+        return 1
+    from megatron.core import parallel_state
+
+    return parallel_state.get_context_parallel_world_size()
+
+
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward hands on a contiguous gradient (see the module docstring)."""
 

@@ -54,14 +54,19 @@ LM head + loss         3 all-reduces of (B,L) scalars            all-reduce (B,L
 * Vocabulary (token embedding, LM head; tied or not): rows sharded; the embedding looks up its own rows and
   all-reduces; the head returns vocab-sharded logits that ``loss.loss_functions`` consumes.
 
-**Adding a mesh axis.** Context parallelism (issue 16) slots in as a ``"cp"`` :class:`AxisPlan` in the entries it
-touches, not as new converters: its parameters are all replicated (``params`` empty), activations are sequence-sharded,
-and ``forward`` carries the wrapping -- on the LM/ViT roots a ``SliceInput`` of the sequence dim of the inputs, on the
-mixer a style around ``core`` that exchanges the short conv's halo with the neighbour ranks and puts the standalone CP
-long convolution (``context_conv``: all-to-all sequence <-> channels around the FFT) in place of the per-rank one,
-and on the attention a ring or all-to-all style. ``parallelize(model, "cp", rank, size)`` applies it with the same
-walker as TP, and ``plan_for_model(model, "cp")`` is all-replicated, so checkpoints do not change. Styles of an axis
-run on that axis' process group.
+**Context parallelism** (axis ``"cp"``, issue 16, docs/context_parallel.md): every parameter is replicated
+(``params`` empty, so ``plan_for_model(model, "cp")`` is all-replicated and checkpoints do not change) and the
+activations are sequence-sharded: each rank holds ``L/CP`` consecutive tokens, sliced by the loader. ``forward``
+carries the wrapping, applied by ``parallelize(model, "cp", rank, size)`` with the same walker as TP (after it, so
+the sizes it reads at call time are TP-local):
+
+* mixer ``core`` -> ``ContextParallelCore``: the halo short conv and the all-to-all sequence <-> channels around the
+  full-length long convs (``context_conv``), with the core's own long conv (a kernel's after ``accelerate``);
+* implicit filters -> ``ContextFilter``: the global length's taps, for the rank's channels only;
+* position embeddings (M2-BERT) -> ``PositionOffset``: the rank's positions.
+
+Position-wise layers (projections, GLU, norms, embeddings, heads) need nothing. Attention has no CP form (the config
+refuses the Transformer baselines). The CP styles run on megatron's context-parallel group.
 """
 
 from __future__ import annotations
@@ -151,6 +156,12 @@ def _check_vocab(path: str) -> Callable[[nn.Module, int], None]:
     return check
 
 
+def _check_context(mixer: M2SequenceMixer, size: int) -> None:
+    if mixer.hidden_size % size:  # TP-local channels, when TP was applied first
+        raise ValueError(f"parallel.context={size} must divide the {mixer.hidden_size} channels of each "
+                         f"tensor-parallel rank (model.hidden_size / parallel.tensor)")
+
+
 _CHANNELS = "model.hidden_size"
 
 PLAN: tuple[LayerPlan, ...] = (
@@ -161,11 +172,13 @@ PLAN: tuple[LayerPlan, ...] = (
         forward={"": styles.CopyInput(after="norm"),
                  "core": styles.SliceInput(arg=1, like="out_proj.weight"),  # residual input u: its channels
                  "out_proj": styles.ReduceOutput()},
-        local={"hidden_size": _CHANNELS})}),
+        local={"hidden_size": _CHANNELS}),
+        "cp": AxisPlan(forward={"core": styles.ContextParallelCore()}, check=_check_context)}),
     LayerPlan(ImplicitFilter, {"tp": AxisPlan(
         params={"mlp_fwd.out.weight": ROWS, "mlp_rev.out.weight": ROWS, "D": ROWS, "decay": ROWS},
         forward={"mlp_fwd.out": styles.CopyInput(), "mlp_rev.out": styles.CopyInput()},
-        local={"channels": _CHANNELS})}),
+        local={"channels": _CHANNELS}),
+        "cp": AxisPlan(forward={"": styles.ContextFilter()})}),
     LayerPlan(MonarchGLU, {"tp": AxisPlan(
         params={"gated_proj.weight": ShardSpec(0, 2),  # gate blocks and their value partners
                 "out_proj.weight": ROWS, "out_proj.bias": ROWS},
@@ -186,11 +199,13 @@ PLAN: tuple[LayerPlan, ...] = (
     LayerPlan(CausalLM, {"tp": AxisPlan(
         params={"token.weight": ROWS, "lm_head.weight": ROWS},
         forward={"token": styles.VocabEmbedding(), "lm_head": styles.CopyInput()},
-        check=_check_vocab("token"), logits_like="lm_head.weight")}),
+        check=_check_vocab("token"), logits_like="lm_head.weight"),
+        "cp": AxisPlan(forward={"position": styles.PositionOffset()})}),
     LayerPlan(BertForMaskedLM, {"tp": AxisPlan(
         params={"embeddings.token.weight": ROWS, "head.decoder.weight": ROWS, "head.decoder.bias": ROWS},
         forward={"embeddings.token": styles.VocabEmbedding(), "head.decoder": styles.CopyInput()},
-        check=_check_vocab("embeddings.token"), logits_like="head.decoder.weight")}),
+        check=_check_vocab("embeddings.token"), logits_like="head.decoder.weight"),
+        "cp": AxisPlan(forward={"embeddings.position": styles.PositionOffset()})}),
 )
 
 

@@ -185,3 +185,53 @@ class RankDropoutStream(Style):
 
         module.register_forward_pre_hook(enter)
         module.register_forward_hook(leave, always_call=True)
+
+
+# ---------------------------------------------------------------- context parallelism (axis "cp")
+class ContextParallelCore(Style):
+    """The M2 mixer core on this CP rank's tokens: ``context_conv.context_parallel_mixer_core`` (halo short conv,
+    all-to-all to channel shards around full-length long convs) in place of ``mixer_core``, with the core's own
+    ``long_conv`` -- the reference, or a kernel's once ``kernels.accelerate`` swapped the core's class.
+
+    The replacement is an instance attribute ``forward``: it outlives a class swap done afterwards, and wins over a
+    fused core's forward done before, so CP takes precedence over the fused-core kernel in either order (the fused
+    kernel convolves the whole sequence on one rank). The core's pre-hooks (TP's ``SliceInput`` of ``u``) still run
+    first. The group is megatron's context-parallel group, looked up per call."""
+
+    def apply(self, layer, path, plan, rank, size):
+        import types
+
+        core = layer.get_submodule(path)
+
+        def forward(self, z, u, conv_weight, conv_bias, filt, residual_filt=None, keep=None):
+            from m2dist.parallel.context_conv import context_parallel_mixer_core
+            from m2dist.parallel.mappings import cp_group
+
+            return context_parallel_mixer_core(z, u, conv_weight, conv_bias, filt, residual_filt, keep, cp_group(),
+                                               long_conv=self.long_conv)
+
+        core.forward = types.MethodType(forward, core)
+
+
+class ContextFilter(Style):
+    """An implicit filter under CP: asked for ``length`` taps (the rank's tokens), it generates the global length's
+    taps (``length x size``), for this rank's channels only (``context_conv.context_channels`` of its channels, the
+    TP-local ones under TP), the ones the rank convolves after the all-to-all. Generated once, for what the rank
+    needs; the CP core takes the rank's rows as they are (and slices the full-width ``D`` itself)."""
+
+    def apply(self, layer, path, plan, rank, size):
+        from m2dist.parallel.context_conv import context_channels
+
+        def hook(module, args, kwargs):
+            if len(args) != 1 or "channels" in kwargs:
+                raise TypeError("an implicit filter under context parallelism is called as filter(length)")
+            return (args[0] * size,), {"channels": context_channels(module.channels, rank, size)}
+
+        layer.get_submodule(path).register_forward_pre_hook(hook, with_kwargs=True)
+
+
+class PositionOffset(Style):
+    """A position-embedding lookup of ``arange(L/CP)`` -> this rank's positions ``rank * L/CP + arange(L/CP)``."""
+
+    def apply(self, layer, path, plan, rank, size):
+        layer.get_submodule(path).register_forward_pre_hook(_on_arg(0, lambda ids: ids + rank * ids.shape[-1]))

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from m2dist.models.hyena_filter import ImplicitFilter
 from m2dist.ops.mixer_core import mixer_core
-from m2dist.parallel.context_conv import (CommCounter, all_to_all_dim0, context_channels, context_filter,
+from m2dist.parallel.context_conv import (CommCounter, all_to_all_dim0, context_channels,
                                           context_parallel_mixer_core, split_sequence)
 from m2dist.parallel.context_volume import context_comm_volume
 
@@ -117,8 +117,8 @@ def run_case(length, causal, residual, masked, filter_rows, dtype, seed, group):
 
 
 def run_filter_module_case(length, causal, seed, group):
-    """The efficient filter path: ImplicitFilter generated for this rank's channels only (``context_filter``), fed to
-    the CP core; the filter parameters' gradients, summed over CP, equal the reference's."""
+    """The efficient filter path: ImplicitFilter generated for this rank's channels only (``f(length, channels)``),
+    fed to the CP core; the filter parameters' gradients, summed over CP, equal the reference's."""
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     ch = context_channels(HIDDEN, rank, size)
     torch.manual_seed(seed)
@@ -130,15 +130,21 @@ def run_filter_module_case(length, causal, seed, group):
     out_grad = torch.randn(BATCH, length, HIDDEN, generator=g, dtype=torch.float64)
 
     full = (*f(length), f.D)
-    rows = context_filter(f, length, ch)
+    rows = (*f(length, channels=ch), f.D[ch])
     taps_err = max(rel(r, fl[ch]) for r, fl in zip(rows, full) if r is not None)
 
     y_ref = mixer_core(z, None, w, b, full)
     (y_ref * out_grad).sum().backward()
     ref_grads = {n: p.grad.clone() for n, p in f.named_parameters()}
     f.zero_grad()
-    entered = []  # ``enter`` (copy_to_tp under TP x CP) sees each MLP's hidden features once
-    rows = context_filter(f, length, ch, enter=lambda hid: entered.append(hid.shape) or hid)
+    # The hidden features reach each MLP's output layer through its module call (so a TP hook there, copy_to_tp,
+    # applies under TP x CP), once per MLP, with this rank's rows.
+    entered = []
+    for mlp in (f.mlp_fwd, f.mlp_rev):
+        if mlp is not None:
+            mlp.out.register_forward_pre_hook(
+                lambda m, args: entered.append([*args[0].shape, args[1].stop - args[1].start]))
+    rows = (*f(length, channels=ch), f.D[ch])
     y = context_parallel_mixer_core(split_sequence(z, 1, rank, size), None, w, b, rows, None, None, group)
     (y * split_sequence(out_grad, 1, rank, size)).sum().backward()
     errs = {"y": rel(gather_dim(y.detach(), 1, group), y_ref.detach()), "taps": taps_err}

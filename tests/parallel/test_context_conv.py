@@ -2,7 +2,7 @@
 
 One torchrun job per CP size (CP=2 and CP=4 gloo ranks, context_worker.py) runs every case and writes a JSON report;
 the tests assert on it: forward and every gradient (z, u, short-conv weight/bias, k_fwd, k_rev, D, residual filter,
-and the ImplicitFilter parameters through ``context_filter``), causal and bidirectional, with and without the
+and the ImplicitFilter parameters through ``ImplicitFilter(length, channels)``), causal and bidirectional, with and without the
 residual long conv and a padding mask, several lengths divisible by CP; the bytes each rank sends equal the volume
 model of method (a); the error lines.
 
@@ -75,7 +75,8 @@ def test_filter_generated_per_rank_matches(report):
     for kind in ("causal", "bidir"):
         case = report["cases"][f"filter_module,{kind}"]
         errs = case["errors"]
-        assert case["entered"] == [[8, 8]] * (1 if kind == "causal" else 2)  # (L, order) per MLP
+        # (L, order, this rank's channels) per MLP
+        assert case["entered"] == [[8, 8, 8 // report["cp"]]] * (1 if kind == "causal" else 2)
         assert errs["taps"] <= TOL["fp64"] and errs["y"] <= TOL["fp64"]
         grads = {k: v for k, v in errs.items() if k.startswith("grad_")}
         # z, freq, three hidden layers' weight+bias, the output layer, D: per MLP (two when bidirectional).
