@@ -14,11 +14,12 @@ from m2dist.checkpoint.files import read_trainer_state
 @dataclass
 class Layout:
     world_size: int
-    data_parallel: int
+    data_parallel: int  # DeepSpeed's data-parallel size, DP x CP: the ranks ZeRO partitions over
     tensor_parallel: int
     zero_stage: int
     global_batch_size: int
     micro_batch_size: int
+    context_parallel: int = 1  # checkpoints saved before context parallelism have no entry: 1
 
 
 @dataclass
@@ -46,6 +47,9 @@ def plan_load(path: str, now: Layout) -> LoadPlan:
         )
     if saved.tensor_parallel != now.tensor_parallel:
         reasons.append(f"tensor parallel {saved.tensor_parallel} -> {now.tensor_parallel}")
+    if saved.context_parallel != now.context_parallel:
+        # Parameters are replicated over CP: only the per-rank state (data position, RNG) is re-derived.
+        reasons.append(f"context parallel {saved.context_parallel} -> {now.context_parallel}")
     if saved.data_parallel != now.data_parallel:
         reasons.append(f"data parallel {saved.data_parallel} -> {now.data_parallel}")
     if saved.zero_stage != now.zero_stage:

@@ -1,9 +1,11 @@
 """``build_dataloader``: the one way the trainer reads prepared data.
 
 Ranks and world size come from the usual torch.distributed environment (``RANK``, ``WORLD_SIZE``,
-``LOCAL_WORLD_SIZE``), which streaming reads itself. With ``tensor_parallel_size = t`` streaming's
-``replication=t`` makes each group of t consecutive ranks (Megatron's TP groups) read identical samples,
-while data-parallel groups read disjoint ones.
+``LOCAL_WORLD_SIZE``), which streaming reads itself. With ``tensor_parallel_size = t`` and
+``context_parallel_size = c`` streaming's ``replication=t*c`` makes each group of t*c consecutive ranks (a data
+rank's tensor x context ranks, megatron's order: TP innermost, then CP) read identical samples, while data-parallel
+groups read disjoint ones. The context ranks then keep their slices of the sequence (the trainer's
+``split_loader``).
 
 Resumption: ``state_dict()`` records how many samples of the *global* order have been consumed
 (streaming's ``sample_in_epoch``, plus the epoch, seed and ``num_canonical_nodes``); ``load_state_dict()``
@@ -70,7 +72,8 @@ def _world() -> tuple[int, int]:
 
 def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len: Optional[int] = None,
                      tensor_parallel_size: int = 1, seed: Optional[int] = None, image_size: int = 224,
-                     train: Optional[bool] = None, num_canonical_nodes: Optional[int] = None) -> StreamingBatches:
+                     train: Optional[bool] = None, num_canonical_nodes: Optional[int] = None,
+                     context_parallel_size: int = 1) -> StreamingBatches:
     """Batches of ``<data_config.path>/<split>/`` for this rank.
 
     ``train`` (default: ``split == data_config.train_split``) selects shuffling and augmentation; eval
@@ -102,10 +105,14 @@ def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len:
     _, world_size = _world()
     if tensor_parallel_size < 1 or world_size % tensor_parallel_size:
         raise ConfigError(f"tensor_parallel_size {tensor_parallel_size} does not divide the world size {world_size}")
+    replicas = tensor_parallel_size * context_parallel_size  # ranks reading the same samples
+    if context_parallel_size < 1 or world_size % replicas:
+        raise ConfigError(f"tensor_parallel_size {tensor_parallel_size} x context_parallel_size "
+                          f"{context_parallel_size} does not divide the world size {world_size}")
 
     common = dict(local=str(local), remote=remote, batch_size=micro_batch_size, shuffle=bool(train and
                   data_config.shuffle), shuffle_seed=data_config.shuffle_seed, partition_algo="orig",
-                  replication=tensor_parallel_size if tensor_parallel_size > 1 else None)
+                  replication=replicas if replicas > 1 else None)
     if num_canonical_nodes is None and remote is None:
         num_canonical_nodes = default_canonical_nodes(num_samples)
     common["num_canonical_nodes"] = num_canonical_nodes or MAX_CANONICAL_NODES
@@ -134,4 +141,4 @@ def build_dataloader(data_config, *, split: str, micro_batch_size: int, seq_len:
     # of an epoch may be smaller (equally on every rank: streaming evens out the ranks' shares).
     loader = StreamingDataLoader(dataset, batch_size=micro_batch_size, collate_fn=collate_samples,
                                  num_workers=workers, persistent_workers=workers > 0, drop_last=False)
-    return StreamingBatches(dataset, loader, world_size // tensor_parallel_size)
+    return StreamingBatches(dataset, loader, world_size // replicas)

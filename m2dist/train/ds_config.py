@@ -21,10 +21,14 @@ def gradient_accumulation_steps(cfg: Config, data_parallel_size: int) -> int:
 
 
 def build_ds_config(cfg: Config, data_parallel_size: int, device: str, load_universal: bool = False) -> dict:
-    """The ds_config, generated from the m2dist config, or the user's ``deepspeed.config_file`` checked against it."""
+    """The ds_config, generated from the m2dist config, or the user's ``deepspeed.config_file`` checked against it.
+
+    ``data_parallel_size`` is the loader's (pure DP). DeepSpeed's data-parallel group is DP x CP (every rank holding
+    the same parameters), and it checks train_batch_size = micro x accumulation x its group size: with context
+    parallelism each of its "samples" is a sample's slice, so its batch is the global batch x CP."""
     gas = gradient_accumulation_steps(cfg, data_parallel_size)
     batch = {
-        "train_batch_size": cfg.trainer.global_batch_size,
+        "train_batch_size": cfg.trainer.global_batch_size * cfg.parallel.context,
         "train_micro_batch_size_per_gpu": cfg.trainer.micro_batch_size,
         "gradient_accumulation_steps": gas,
     }

@@ -26,6 +26,7 @@ def build_engine(cfg: Config, groups, device: str, load_universal: bool = False)
         optimizer=optimizer,
         lr_scheduler=scheduler,
         config=ds_config,
+        # The mpu's data-parallel group is DP x CP (groups.py); with TP = 1 that is the world, DeepSpeed's default.
         mpu=groups if groups.tensor_size > 1 else None,
     )
     return engine, model, ds_config

@@ -1,5 +1,5 @@
-"""The model as it is trained: the single-device model, built from the same seed on every rank, then tensor
-parallelism and the per-layer options applied from outside it."""
+"""The model as it is trained: the single-device model, built from the same seed on every rank, then kernels, tensor
+parallelism, context parallelism and the per-layer options applied from outside it."""
 
 from __future__ import annotations
 
@@ -26,4 +26,8 @@ def build_model_for_training(cfg: Config, groups) -> nn.Module:
                 f"which is not available ({exc}); run with parallel.tensor=1"
             ) from None
         model = apply_tensor_parallel(model, cfg.model)
+    if cfg.parallel.context > 1:
+        from m2dist.parallel.context_parallel import apply_context_parallel
+
+        model = apply_context_parallel(model)  # after TP: its styles read the TP-local sizes
     return apply_layer_options(model, cfg)

@@ -1,23 +1,56 @@
 """The loader of one split of a run: ``m2dist.data.build_dataloader`` given the run config's sizes, with
-data-parallel ranks disjoint and the ranks of a tensor-parallel group reading identical batches."""
+data-parallel ranks disjoint and the ranks of a tensor x context group reading identical batches; under context
+parallelism each rank keeps its slice of the sequence."""
 
 from __future__ import annotations
 
 from m2dist.config.schema import Config
-from m2dist.data.contract import task_of
+from m2dist.data.contract import ATTENTION_MASK, INPUT_IDS, LABELS, task_of
 from m2dist.models.build import sequence_length
+
+# The batch keys laid out along the sequence (dim 1); the others (sample_ids) are per sample.
+SEQUENCE_KEYS = (INPUT_IDS, LABELS, ATTENTION_MASK)
+
+
+class ContextSlices:
+    """The batches of ``loader`` cut to context rank ``rank``'s consecutive block of the sequence, ``L/size``
+    tokens (rank order = sequence order; ``m2dist.parallel.context_conv.split_sequence``). Slicing whole samples
+    keeps everything per-sample equal to ``size = 1``: MLM masks are drawn on the full sample, and a causal label
+    (the next token, aligned by the reader) is right at a block's last position, the next block's first token.
+    Resumption state is the loader's."""
+
+    def __init__(self, loader, rank: int, size: int):
+        self.loader, self.rank, self.size = loader, rank, size
+
+    def __iter__(self):
+        from m2dist.parallel.context_conv import split_sequence
+
+        for batch in self.loader:
+            yield {k: split_sequence(v, 1, self.rank, self.size).contiguous() if k in SEQUENCE_KEYS else v
+                   for k, v in batch.items()}
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
 
 
 def build_split_loader(cfg: Config, split: str, groups, training: bool = True):
     from m2dist.data import build_dataloader
 
-    return build_dataloader(
+    loader = build_dataloader(
         cfg.data,
         split=split,
         micro_batch_size=cfg.trainer.micro_batch_size,
         seq_len=sequence_length(cfg.model) if task_of(cfg) != "image" else None,
-        # streaming's replication: the ranks of a tensor-parallel group read identical samples.
+        # streaming's replication: the ranks of a tensor x context group read identical samples.
         tensor_parallel_size=groups.tensor_size,
+        context_parallel_size=groups.context_size,
         image_size=cfg.model.image_size,
         train=training,
     )
+    return ContextSlices(loader, groups.context_rank, groups.context_size) if groups.context_size > 1 else loader

@@ -44,7 +44,7 @@ class Trainer:
         t = cfg.trainer
         self.info = init_distributed(t.device)
         self.rank = self.info.rank
-        self.groups = init_groups(cfg.parallel.tensor, seed=t.seed)
+        self.groups = init_groups(cfg.parallel.tensor, seed=t.seed, context_size=cfg.parallel.context)
         # Control-plane collectives (preemption flag, sample ids) run on CPU tensors: with NCCL they need gloo.
         self.cpu_group = dist.new_group(backend="gloo") if self.info.backend != "gloo" else None
         resolve_vocab_size(cfg)
@@ -63,16 +63,17 @@ class Trainer:
             with open(os.path.join(t.run_dir, "config.yaml"), "w") as f:
                 f.write(self.config_yaml)
 
-        layout = Layout(self.info.world_size, self.groups.data_size, self.groups.tensor_size,
-                        cfg.deepspeed.zero_stage, t.global_batch_size, t.micro_batch_size)
+        layout = Layout(self.info.world_size, self.groups.data_context_size, self.groups.tensor_size,
+                        cfg.deepspeed.zero_stage, t.global_batch_size, t.micro_batch_size, self.groups.context_size)
         self.ckpt = CheckpointManager(cfg.checkpoint, layout, self.groups)
         resume_path = self.ckpt.find_resume(t.resume)
         self.plan = self.ckpt.plan_load(resume_path) if resume_path else None
 
         self.engine, self.model, self.ds_config = build_engine(
             cfg, self.groups, self.info.device, load_universal=bool(self.plan and self.plan.mode == "universal"))
-        # Per data-parallel rank streams (dropout etc.), identical within a tensor-parallel group.
-        seed_all(t.seed + 1000 * self.groups.data_rank)
+        # Per data-parallel rank streams (dropout etc.), identical within a tensor-parallel group; distinct per
+        # context-parallel rank (its tokens are other positions of the same samples).
+        seed_all(t.seed + 1000 * self.groups.data_context_rank)
 
         from m2dist.models.build import sequence_length
         from m2dist.train.split_loader import build_split_loader
@@ -124,7 +125,7 @@ class Trainer:
             self.train_loader.load_state_dict(next(s["data"] for s in saved if s["data_rank"] == 0))
             from m2dist.train.rng_state import seed_all
 
-            seed_all(self.cfg.trainer.seed + 1000 * self.groups.data_rank + self.state.step)
+            seed_all(self.cfg.trainer.seed + 1000 * self.groups.data_context_rank + self.state.step)
         if self.rank == 0:
             how = f" (resharded: {', '.join(self.plan.reasons)})" if self.plan.reasons else ""
             log.info("resumed from %s at step %d%s", self.plan.path, self.state.step, how)
@@ -148,7 +149,7 @@ class Trainer:
 
         loader = build_split_loader(self.cfg, self.cfg.data.eval_split, self.groups, training=False)
         result = evaluate(self.engine, self.model, loader, self.task, self.cfg.trainer.eval_steps, self.dtype,
-                          self.device, group=self.cpu_group)
+                          self.device, group=self.cpu_group, context_rank=self.groups.context_rank)
         self.metrics.log({"step": self.state.step, **result})
         return result
 
@@ -161,8 +162,8 @@ class Trainer:
             return next(self._it)
 
     def _log_sample_ids(self, ids: list) -> None:
-        # Only the first rank of each tensor-parallel group: its peers read the same samples.
-        mine = ids if self.groups.tensor_rank == 0 else []
+        # Only the first rank of each tensor x context group: its peers read the same samples.
+        mine = ids if self.groups.tensor_rank == 0 and self.groups.context_rank == 0 else []
         if dist.is_initialized() and dist.get_world_size() > 1:
             parts = [None] * dist.get_world_size()
             dist.all_gather_object(parts, mine, group=self.cpu_group)
@@ -179,18 +180,20 @@ class Trainer:
         # The loss is the mean over every target of the global batch (Megatron's per-token loss), not a mean of
         # micro-batch means: with MLM the number of masked targets differs between micro-batches, and only the
         # global normalisation makes the step independent of how the batch is split over ranks and micro-steps.
-        # So the step's micro-batches are read first and their targets counted over the data-parallel group.
+        # So the step's micro-batches are read first and their targets counted over the data-parallel group -- over
+        # DP x CP with context parallelism, where each rank's labels are its slice of the sequence.
         batches = [self._next_batch() for _ in range(self.gas)]
         # Counted on the host and moved without a stream sync (torch.tensor(..., device=cuda) would wait for the GPU).
         count = to_device(torch.tensor([float(sum(int((b[LABELS] != IGNORE_INDEX).sum()) for b in batches))]),
                           self.device)
-        dp_group = self.groups.data_group if self.groups.tensor_size > 1 else None
+        dp_group = self.groups.data_context_group if self.groups.uses_megatron else None
         if dist.is_initialized() and dist.get_world_size(dp_group) > 1:
             dist.all_reduce(count, group=dp_group)
         count = count.clamp(min=1)
-        # DeepSpeed divides each micro-step's loss by the accumulation steps and averages gradients over the data
-        # ranks; scaling by both turns that back into a sum over the global batch, divided by its target count.
-        scale = self.gas * self.groups.data_size
+        # DeepSpeed divides each micro-step's loss by the accumulation steps and averages gradients over its data
+        # ranks (DP x CP); scaling by both turns that back into a sum over the global batch's targets (each CP rank
+        # holding its tokens' share), divided by their count.
+        scale = self.gas * self.groups.data_context_size
         loss_sum = torch.zeros((), device=self.device)
         ids = []
         for micro, batch in enumerate(batches):
