@@ -30,9 +30,9 @@ ALLOWED: dict[str, set[str]] = {
     "data": BASE | {"config", "contract"},
     "checkpoint": BASE | {"config", "models", "parallel"},
     "train": BASE | {"config", "contract", "ops", "monarch", "models", "kernels", "parallel", "data", "checkpoint"},
-    "slurm": BASE | {"config", "checkpoint"},
+    "jobs": BASE | {"config", "checkpoint"},
     "cli": BASE | {"m2dist", "config", "contract", "ops", "monarch", "models", "kernels", "parallel", "data",
-                   "checkpoint", "train", "slurm"},
+                   "checkpoint", "train", "jobs"},
     "m2dist": {"cli"},
 }
 # Modules that form a layer of their own inside another package's folder.

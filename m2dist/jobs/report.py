@@ -18,7 +18,7 @@ from typing import Optional
 
 import yaml
 
-from m2dist.slurm import records
+from m2dist.jobs import records
 
 
 @dataclass

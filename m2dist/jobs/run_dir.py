@@ -1,4 +1,4 @@
-"""Where a run's files live, resolved from its config: ``python -m m2dist.slurm.run_dir CONFIG [overrides]``.
+"""Where a run's files live, resolved from its config: ``python -m m2dist.jobs.run_dir CONFIG [overrides]``.
 
 The batch script calls this before starting any node, so a config error fails the job at once.
 Layout under the run directory (besides what the trainer writes: metrics.jsonl, checkpoints, PREEMPTED):
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     from m2dist.config.loader import ConfigError
 
     if not argv:
-        print("usage: python -m m2dist.slurm.run_dir CONFIG [key=value ...]", file=sys.stderr)
+        print("usage: python -m m2dist.jobs.run_dir CONFIG [key=value ...]", file=sys.stderr)
         return 2
     try:
         print(resolve_run_dir(argv[0], argv[1:]))

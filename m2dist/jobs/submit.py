@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from m2dist.slurm.render import SbatchOptions, render
-from m2dist.slurm.run_dir import resolve_run_dir, slurm_dir
+from m2dist.jobs.render import SbatchOptions, render
+from m2dist.jobs.run_dir import resolve_run_dir, slurm_dir
 
 
 class SlurmError(RuntimeError):

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import yaml
 
 from m2dist.config.loader import ConfigError
-from m2dist.slurm.render import SbatchOptions
+from m2dist.jobs.render import SbatchOptions
 
 SLURM_AXES = ("nodes", "gpus_per_node")
 CONFIG_AXIS = "config"
@@ -165,8 +165,8 @@ def read_manifest(out_dir: Path) -> Optional[dict]:
 
 def submit(sweep: Sweep) -> Sweep:
     """Submit every point (the manifest is rewritten after each, so a failure leaves an accurate one)."""
-    from m2dist.slurm.submit import Submission, sbatch
-    from m2dist.slurm.render import render
+    from m2dist.jobs.submit import Submission, sbatch
+    from m2dist.jobs.render import render
 
     for point in sweep.points:
         run_dir = Path(point.run_dir)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from m2dist.slurm.status import TERMINAL_STATES, job_info
+from m2dist.jobs.status import TERMINAL_STATES, job_info
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "scripts" / "slurm_cluster"

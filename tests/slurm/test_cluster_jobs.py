@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from m2dist.slurm import records
-from m2dist.slurm.status import job_info
+from m2dist.jobs import records
+from m2dist.jobs.status import job_info
 from tests.slurm.slurm_helpers import (
     SMOKE_CONFIG, bring_nodes_up, m2dist, job_logs, processes_of_job, run_overrides, sbatch, state,
     take_node_down, wait_done, wait_for,

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from m2dist.config.loader import ConfigError
-from m2dist.slurm import records
-from m2dist.slurm.render import SbatchOptions
-from m2dist.slurm.report import collect, write_report
-from m2dist.slurm.submit import prepare
-from m2dist.slurm.sweep import expand
+from m2dist.jobs import records
+from m2dist.jobs.render import SbatchOptions
+from m2dist.jobs.report import collect, write_report
+from m2dist.jobs.submit import prepare
+from m2dist.jobs.sweep import expand
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke" / "m2-gpt-tiny.yaml"

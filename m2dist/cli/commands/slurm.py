@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 def _submit(args) -> int:
-    from m2dist.slurm.render import SbatchOptions
-    from m2dist.slurm.submit import SlurmError, prepare, sbatch
+    from m2dist.jobs.render import SbatchOptions
+    from m2dist.jobs.submit import SlurmError, prepare, sbatch
 
     options = SbatchOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, time=args.time,
                             partition=args.partition, signal_seconds=args.signal_seconds,
@@ -29,7 +29,7 @@ def _submit(args) -> int:
 def _status(args) -> int:
     from pathlib import Path
 
-    from m2dist.slurm.status import status_text
+    from m2dist.jobs.status import status_text
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():

@@ -6,7 +6,7 @@ USAGE = "m2dist sweep [--dry-run] [--out-dir DIR] SPEC.yaml [overrides]  |  m2di
 
 
 def _run(args) -> int:
-    from m2dist.slurm import sweep as sweeps
+    from m2dist.jobs import sweep as sweeps
 
     plan = sweeps.expand(args.target, args.rest, out_dir=args.out_dir)
     print(f"sweep {plan.name}: {len(plan.points)} job(s) into {plan.out_dir}")
@@ -15,7 +15,7 @@ def _run(args) -> int:
             print(f"  {point.label}: nodes={point.options.nodes} gpus_per_node={point.options.gpus_per_node} "
                   f"{' '.join(point.overrides)}")
         return 0
-    from m2dist.slurm.submit import SlurmError
+    from m2dist.jobs.submit import SlurmError
 
     try:
         sweeps.submit(plan)
@@ -31,7 +31,7 @@ def _run(args) -> int:
 def _report(args) -> int:
     from pathlib import Path
 
-    from m2dist.slurm.report import collect, markdown_table, write_report
+    from m2dist.jobs.report import collect, markdown_table, write_report
 
     if len(args.rest) != 1:
         print(f"usage: {USAGE}")
