@@ -4,7 +4,7 @@ and scaling efficiency against GPUs and sequence length.
 Per run, from its ``metrics.jsonl`` (trainer), ``config.yaml`` (the resolved config the trainer saved) and
 ``slurm/attempts.jsonl`` (train.sbatch): throughput and MFU are medians over the logged training steps
 without the first one (start-up and compilation), memory is the peak. Scaling efficiency compares
-tokens/s per GPU with the smallest run of the same model, sequence length and tensor-parallel size:
+tokens/s per GPU with the smallest run of the same model, sequence length and tensor- and context-parallel sizes:
 1.0 is perfect linear scaling. "GPUs" means ranks: on CPU test runs, processes.
 """
 
@@ -27,7 +27,8 @@ class RunSummary:
     model: str
     seq_len: int
     tp: int
-    dp: int
+    cp: int
+    dp: int  # world / (tp x cp)
     nodes: int
     gpus: int
     steps: int
@@ -55,13 +56,14 @@ def summarize_run(run_dir: Path, root: Path) -> Optional[RunSummary]:
     starts = [a for a in records.attempts(run_dir) if a.get("event") == "start"]
     gpus = int(starts[-1]["world_size"]) if starts else 1
     nodes = int(starts[-1]["nodes"]) if starts else 1
-    tp = int(parallel.get("tensor", 1))
+    tp, cp = int(parallel.get("tensor", 1)), int(parallel.get("context", 1))
     tps = _median([m.get("tokens_per_s") for m in steady])
     mems = [m.get("mem_gib") for m in metrics if m.get("mem_gib") is not None]
     return RunSummary(
         run=str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
         model=f"{model.get('arch')} h{model.get('hidden_size')} l{model.get('num_layers')}",
-        seq_len=int(model.get("max_seq_len", 0)), tp=tp, dp=max(1, gpus // tp), nodes=nodes, gpus=gpus,
+        seq_len=int(model.get("max_seq_len", 0)), tp=tp, cp=cp, dp=max(1, gpus // (tp * cp)), nodes=nodes,
+        gpus=gpus,
         steps=int(metrics[-1]["step"]), final_loss=metrics[-1].get("loss"), tokens_per_s=tps,
         tokens_per_s_per_gpu=None if tps is None else tps / gpus,
         mfu=_median([m.get("mfu") for m in steady]), mem_gib=max(mems) if mems else None)
@@ -70,7 +72,7 @@ def summarize_run(run_dir: Path, root: Path) -> Optional[RunSummary]:
 def add_scaling_efficiency(rows: list[RunSummary]) -> None:
     series: dict[tuple, list[RunSummary]] = {}
     for row in rows:
-        series.setdefault((row.model, row.seq_len, row.tp), []).append(row)
+        series.setdefault((row.model, row.seq_len, row.tp, row.cp), []).append(row)
     for group in series.values():
         base = min(group, key=lambda r: r.gpus)
         for row in group:
@@ -82,7 +84,7 @@ def collect(root: Path) -> list[RunSummary]:
     root = root.resolve()
     rows = [s for path in sorted(root.rglob("metrics.jsonl")) if (s := summarize_run(path.parent, root))]
     add_scaling_efficiency(rows)
-    rows.sort(key=lambda r: (r.model, r.seq_len, r.tp, r.gpus, r.run))
+    rows.sort(key=lambda r: (r.model, r.seq_len, r.tp, r.cp, r.gpus, r.run))
     return rows
 
 
@@ -151,9 +153,9 @@ def write_report(root: Path, out_dir: Optional[Path] = None) -> dict[str, Path]:
     write_csv(rows, paths["csv"])
     paths["md"].write_text(f"# Sweep report: {root}\n\n{len(rows)} run(s). " + __doc__.split("\n\n")[1].replace("\n", " ")
                            + "\n\n" + markdown_table(rows))
-    _plot(rows, "gpus", lambda r: f"{r.model} seq{r.seq_len} tp{r.tp}",
+    _plot(rows, "gpus", lambda r: f"{r.model} seq{r.seq_len} tp{r.tp} cp{r.cp}",
           [("tokens_per_s", "tokens/s"), ("mfu", "MFU"), ("scaling_efficiency", "scaling efficiency")],
           "Scaling with GPUs", paths["vs_gpus"])
-    _plot(rows, "seq_len", lambda r: f"{r.model} {r.gpus} GPUs tp{r.tp}",
+    _plot(rows, "seq_len", lambda r: f"{r.model} {r.gpus} GPUs tp{r.tp} cp{r.cp}",
           [("tokens_per_s", "tokens/s"), ("mfu", "MFU")], "Sequence length", paths["vs_seq_len"])
     return paths

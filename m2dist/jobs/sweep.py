@@ -37,7 +37,8 @@ SLURM_AXES = ("nodes", "gpus_per_node")
 CONFIG_AXIS = "config"
 # A model file (configs/models/<preset>.yaml): its model section becomes model.* overrides of the base config.
 MODEL_AXIS = "model"
-SHORT_LABELS = {"nodes": "n", "gpus_per_node": "g", "parallel.tensor": "tp", "model.max_seq_len": "seq",
+SHORT_LABELS = {"nodes": "n", "gpus_per_node": "g", "parallel.tensor": "tp", "parallel.context": "cp",
+                "model.max_seq_len": "seq",
                 "model.hidden_size": "h", "model.num_layers": "l"}
 SPEC_KEYS = {"name", "config", "out_dir", "overrides", "slurm", "grid"}
 SLURM_KEYS = {"time", "partition", "gpus_per_node", "signal_seconds", "extra", "nodes"}
