@@ -6,7 +6,6 @@ tests/train/test_context_parallel.py (the trainer)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.distributed as dist
