@@ -48,6 +48,7 @@ def _eval(args) -> int:
 
     class _Single:  # the reader's view of a one-process layout
         tensor_size, data_size, tensor_rank, data_rank = 1, 1, 0, 0
+        context_size, context_rank = 1, 0  # whole sequences, whatever parallel.context the run trained with
 
     loader = build_split_loader(cfg, args.split or cfg.data.eval_split, _Single(), training=False)
     steps = cfg.trainer.eval_steps if args.steps is None else args.steps
