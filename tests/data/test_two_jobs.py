@@ -51,7 +51,9 @@ def test_concurrent_jobs_each_get_their_own_prefixes(prepared, tmp_path):
             log.close()
     for out, _, job in jobs:
         text = (out / "log.txt").read_text()
-        assert job.returncode == 0, f"{out.name} exited {job.returncode}:\n{text[-3000:]}"
+        # The root cause is the first rank's error, usually far above the launcher's summary at the end.
+        errors = "\n".join([line for line in text.splitlines() if "Error" in line][:12])
+        assert job.returncode == 0, f"{out.name} exited {job.returncode}:\n{errors}\n...\n{text[-2000:]}"
         assert sorted(p.name for p in out.glob("*.ok")) == ["rank0.ok", "rank1.ok"]
 
 
