@@ -7,7 +7,7 @@ Block-diagonal: M = 65536 tokens (BERT-base, 32K tokens x 2 for headroom, as the
 as a fraction of a dense GEMM of the same (M, in, out) shape. Long conv: 32768 tokens x 768 channels at L in
 {1024, 4096, 16384}, causal and bidirectional, as GB/s of the fewest bytes (u and y in bf16, k in fp32) against
 the copy ceiling; also cuFFT's own rfft+irfft pair, the floor of any cuFFT-based path.
-Mixer core: the whole fused mixer core (short conv, gates, both long convs, skips; m2dist/kernels/m2_mixer.py)
+Mixer core: the whole fused mixer core (short conv, gates, both long convs, skips; m2dist/kernels/mixer_core.py)
 at 32768 tokens x 768 channels against the per-op-kernel and PyTorch paths of ``m2dist.ops.mixer_core``, as % of
 the copy ceiling counting the fewest bytes (z, u in, y out; backward dy, z, u in, dz, du out).
 Monarch: the order-2 Monarch layer (MonarchLinear) at BERT-base MLP shapes (768 -> 3072 and 3072 -> 768, nblocks 4,

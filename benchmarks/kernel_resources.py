@@ -28,7 +28,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from m2dist.kernels import block_diagonal, fft_conv, glu, m2_mixer, monarch_fft_conv  # noqa: E402
+from m2dist.kernels import block_diagonal, fft_conv, glu, mixer_core, monarch_fft_conv  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -75,23 +75,23 @@ def variants():
     bf16 = "bf16"
     act = {"z_ptr": bf16, "u_ptr": bf16, "dy_ptr": bf16, "y_ptr": bf16, "g1_ptr": bf16, "dz_ptr": bf16,
            "du_ptr": bf16}
-    BT, BH = m2_mixer._blocks(768)  # the launchers' tiles and frequency pairs per program, at BERT-base width
-    _, BF = m2_mixer._pair_grid(2, 768, 4096)
-    warps = dict(num_warps=m2_mixer.PASS_WARPS)
+    BT, BH = mixer_core._blocks(768)  # the launchers' tiles and frequency pairs per program, at BERT-base width
+    _, BF = mixer_core._pair_grid(2, 768, 4096)
+    warps = dict(num_warps=mixer_core.PASS_WARPS)
     for res in (True, False):
         for mask in (True, False):
             flags = dict(HAS_RES=res, HAS_MASK=mask, BT=BT, BH=BH)
-            yield f"m2_mixer._fwd_pre res={res} mask={mask}", m2_mixer._fwd_pre, flags, act, warps
-            yield f"m2_mixer._fwd_post res={res} mask={mask}", m2_mixer._fwd_post, flags, act, warps
-            yield f"m2_mixer._bwd_pre res={res} mask={mask}", m2_mixer._bwd_pre, flags, act, warps
-        yield (f"m2_mixer._bwd_conv res={res}", m2_mixer._bwd_conv, dict(HAS_RES=res, BT=BT, BH=BH), act,
-               dict(num_warps=m2_mixer.CONV_WARPS))
+            yield f"mixer_core._fwd_pre res={res} mask={mask}", mixer_core._fwd_pre, flags, act, warps
+            yield f"mixer_core._fwd_post res={res} mask={mask}", mixer_core._fwd_post, flags, act, warps
+            yield f"mixer_core._bwd_pre res={res} mask={mask}", mixer_core._bwd_pre, flags, act, warps
+        yield (f"mixer_core._bwd_conv res={res}", mixer_core._bwd_conv, dict(HAS_RES=res, BT=BT, BH=BH), act,
+               dict(num_warps=mixer_core.CONV_WARPS))
     for mask in (True, False):
-        yield (f"m2_mixer._bwd_gates mask={mask}", m2_mixer._bwd_gates, dict(HAS_MASK=mask, BT=BT, BH=BH), act,
+        yield (f"mixer_core._bwd_gates mask={mask}", mixer_core._bwd_gates, dict(HAS_MASK=mask, BT=BT, BH=BH), act,
                warps)
-    spectral = dict(num_warps=m2_mixer.SPECTRAL_WARPS)
-    yield "m2_mixer._spectral_fwd", m2_mixer._spectral_fwd, dict(BF=BF), {}, spectral
-    yield "m2_mixer._spectral_bwd", m2_mixer._spectral_bwd, dict(BF=BF), {}, spectral
+    spectral = dict(num_warps=mixer_core.SPECTRAL_WARPS)
+    yield "mixer_core._spectral_fwd", mixer_core._spectral_fwd, dict(BF=BF), {}, spectral
+    yield "mixer_core._spectral_bwd", mixer_core._spectral_bwd, dict(BF=BF), {}, spectral
     yield "glu._glu_fwd", glu._glu_fwd, dict(BLOCK=1024), {"g_ptr": bf16, "a_ptr": bf16}, {}
     yield "glu._glu_bwd", glu._glu_bwd, dict(BLOCK=1024), {"g_ptr": bf16, "da_ptr": bf16, "dg_ptr": bf16}, {}
     yield ("fft_conv._crop_skip_kernel", fft_conv._crop_skip_kernel,

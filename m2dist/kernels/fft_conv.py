@@ -75,7 +75,7 @@ def _crop_skip(y: torch.Tensor, v: torch.Tensor, skip: Optional[torch.Tensor], o
 
 def fft_size(L: int) -> int:
     """Smallest even n >= 2L whose prime factors are 2, 3, 5 (cuFFT's fast radices). Even, so that a real FFT of
-    size n can run as a complex FFT of size n/2 (``m2dist.kernels.m2_mixer``)."""
+    size n can run as a complex FFT of size n/2 (``m2dist.kernels.mixer_core``)."""
     half = L
     while True:
         m = half

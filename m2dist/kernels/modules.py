@@ -10,7 +10,7 @@ shows up: importing triton fixes its interpreter mode for the process, and the C
     monarch.monarch_linear.MonarchProduct      MonarchKernel              monarch_matmul.monarch_matmul
     models.monarch_mlp.GeluGLU                 FusedGeluGLU               glu.gelu_glu
     models.sequence_mixer.MixerCore            LongConvKernelCore         ops.mixer_core's body, fused long convs
-                                               FusedMixerCore             m2_mixer.fused_m2_mixer (whole core)
+                                               FusedMixerCore             mixer_core.fused_mixer_core (whole core)
 
 On CPU the kernels can still be run through Triton's interpreter; the tests force ``_on_gpu`` to do so.
 """
@@ -129,17 +129,17 @@ class LongConvKernelCore(MixerCore):
 
 
 class FusedMixerCore(LongConvKernelCore):
-    """The whole mixer core as fused Triton passes around cuFFT (``m2dist.kernels.m2_mixer``) where
-    ``m2_mixer.supports`` covers the shapes and dtypes (a 3-tap short conv with a bias, no float64); elsewhere
+    """The whole mixer core as fused Triton passes around cuFFT (``m2dist.kernels.mixer_core``) where
+    ``mixer_core.supports`` covers the shapes and dtypes (a 3-tap short conv with a bias, no float64); elsewhere
     the per-op-kernel path (``LongConvKernelCore``)."""
 
     def forward(self, z: torch.Tensor, u: Optional[torch.Tensor], conv_weight: torch.Tensor,
                 conv_bias: torch.Tensor, filt, residual_filt=None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         check_mixer_core_inputs(u, residual_filt)
         if _on_gpu(z) and conv_bias is not None:
-            from m2dist.kernels.m2_mixer import fused_m2_mixer, supports
+            from m2dist.kernels.mixer_core import fused_mixer_core, supports
 
             if supports(z, u, conv_weight):
                 k2f, k2r, d2 = residual_filt if residual_filt is not None else (None, None, None)
-                return fused_m2_mixer(z, u, conv_weight, conv_bias, *filt, k2f, k2r, d2, keep)
+                return fused_mixer_core(z, u, conv_weight, conv_bias, *filt, k2f, k2r, d2, keep)
         return super().forward(z, u, conv_weight, conv_bias, filt, residual_filt, keep)

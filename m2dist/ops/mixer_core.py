@@ -2,7 +2,7 @@
 
 Token-major in and out, as the projections produce and consume it: z (B, L, 3H) = in_proj output (x1 | x2 | v),
 u (B, L, H) the residual long conv's input or None, returns y (B, L, H). ``m2dist.kernels.accelerate`` swaps the
-mixer's core for one that runs this whole body as fused Triton passes around cuFFT (``m2dist/kernels/m2_mixer.py``,
+mixer's core for one that runs this whole body as fused Triton passes around cuFFT (``m2dist/kernels/mixer_core.py``,
 tested against it; it returns z's dtype, bf16 under autocast, where this body promotes to the residual input's
 dtype), or this body with a fused long convolution passed as ``long_conv``.
 """

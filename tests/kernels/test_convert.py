@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from m2dist.kernels import KernelChoice, accelerate, modules
-from m2dist.kernels import block_diagonal, fft_conv, glu, m2_mixer, monarch_matmul
+from m2dist.kernels import block_diagonal, fft_conv, glu, mixer_core, monarch_matmul
 from m2dist.models import from_preset
 from m2dist.models.blocks import M2BertLayer
 from m2dist.models.monarch_mlp import GeluGLU, MonarchGLU
@@ -125,7 +125,7 @@ def forced(monkeypatch):
     monkeypatch.setattr(modules, "_on_gpu", lambda t: True)
     return {name: _spy(monkeypatch, mod, name) for mod, name in (
         (block_diagonal, "block_diagonal_matmul"), (monarch_matmul, "monarch_matmul"), (glu, "gelu_glu"),
-        (m2_mixer, "fused_m2_mixer"), (fft_conv, "fft_long_conv"))}
+        (mixer_core, "fused_mixer_core"), (fft_conv, "fft_long_conv"))}
 
 
 def _tiny_layer():
@@ -140,7 +140,7 @@ def test_swapped_layer_runs_the_kernels(forced, fused):
     y_ref = layer(x)
     y = accelerate(layer, KernelChoice(fused=fused))(x)
     assert rel_err(y, y_ref) < 1e-5
-    assert bool(forced["fused_m2_mixer"]) == fused and bool(forced["gelu_glu"]) == fused
+    assert bool(forced["fused_mixer_core"]) == fused and bool(forced["gelu_glu"]) == fused
     assert bool(forced["fft_long_conv"]) != fused  # the per-op path's long convs (the fused core has its own)
     assert not forced["block_diagonal_matmul"]  # fp32 outside autocast: the einsum path (_kernel_inputs)
 
@@ -194,7 +194,7 @@ def test_composes_with_passes_from_outside(forced, converter_first):
     assert isinstance(layer.mlp.out_proj.product, modules.BlockDiagonalKernel)
     assert isinstance(layer.mixer.core, modules.FusedMixerCore)
     assert seen == seen_ref == ["core", "mlp"]
-    assert forced["fused_m2_mixer"] and forced["gelu_glu"] and forced["block_diagonal_matmul"]
+    assert forced["fused_mixer_core"] and forced["gelu_glu"] and forced["block_diagonal_matmul"]
     assert rel_err(y.float(), y_ref.float()) < 2e-2
 
 

@@ -22,6 +22,6 @@ def test_every_kernel_variant_compiles_for_sm90(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     rows = json.loads((tmp_path / "kernel_resources.json").read_text())["rows"]
     kernels = {r["kernel"].split()[0] for r in rows}
-    assert {"m2_mixer._fwd_pre", "m2_mixer._spectral_bwd", "glu._glu_bwd",
+    assert {"mixer_core._fwd_pre", "mixer_core._spectral_bwd", "glu._glu_bwd",
             "block_diagonal._batched_matmul_kernel"} <= kernels
     assert all(r["registers"] and r["cubin_bytes"] > 0 for r in rows)

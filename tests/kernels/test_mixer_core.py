@@ -3,9 +3,9 @@ gradient; on CPU through the interpreter, on the GPU machine with ``M2DIST_GPU_T
 import pytest
 import torch
 
-from m2dist.kernels import accelerate, m2_mixer, modules
+from m2dist.kernels import accelerate, mixer_core, modules
 from m2dist.kernels._triton import triton
-from m2dist.kernels.m2_mixer import fused_m2_mixer
+from m2dist.kernels.mixer_core import fused_mixer_core
 from m2dist.models.sequence_mixer import M2SequenceMixer
 from tests.kernels._ref import naive_mixer_core, rel_err
 
@@ -40,7 +40,7 @@ def _leaves(z, u, conv_w, conv_b, filt, res):
 def _check(B, L, H, dtype, bidir, residual, masked, device="cpu"):
     z, u, conv_w, conv_b, filt, res, keep = _inputs(B, L, H, dtype, bidir, residual, masked, device)
     k2f, k2r, d2 = res if residual else (None, None, None)
-    y = fused_m2_mixer(z, u, conv_w, conv_b, *filt, k2f, k2r, d2, keep)
+    y = fused_mixer_core(z, u, conv_w, conv_b, *filt, k2f, k2r, d2, keep)
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device, y.dtype)
     (y.float() * gy.float()).sum().backward()
 
@@ -75,13 +75,13 @@ def test_fused_mixer_matches_naive(bidir, residual):
 def test_frequency_pairs_across_programs(monkeypatch, L):
     """The spectral passes with 2 frequency pairs per program, so that a row spans several programs and the pair
     index depends on the program id (at the interpreter's usual 64 pairs per program one program holds a row)."""
-    real = m2_mixer._pair_grid
+    real = mixer_core._pair_grid
 
     def tiny(S, H, n):
         (rows, _), _ = real(S, H, n)
         return (rows, triton.cdiv(n // 4 + 1, 2)), 2
 
-    monkeypatch.setattr(m2_mixer, "_pair_grid", tiny)
+    monkeypatch.setattr(mixer_core, "_pair_grid", tiny)
     _check(B=2, L=L, H=20, dtype=torch.float32, bidir=True, residual=True, masked=False)
 
 
@@ -106,7 +106,7 @@ def test_mixer_module_takes_the_fused_path(monkeypatch):
 
     y_ref, g_ref = run()
     calls = []
-    real = fused_m2_mixer
+    real = fused_mixer_core
 
     def spy(*a):
         calls.append(1)
@@ -114,7 +114,7 @@ def test_mixer_module_takes_the_fused_path(monkeypatch):
 
     accelerate(mixer)
     monkeypatch.setattr(modules, "_on_gpu", lambda t: True)
-    monkeypatch.setattr("m2dist.kernels.m2_mixer.fused_m2_mixer", spy)
+    monkeypatch.setattr("m2dist.kernels.mixer_core.fused_mixer_core", spy)
     y, g = run()
     assert calls, "the fused path was not taken"
     assert rel_err(y, y_ref) < 1e-5
@@ -124,7 +124,7 @@ def test_mixer_module_takes_the_fused_path(monkeypatch):
 
 def _spy_on_fused_mixer(monkeypatch) -> list:
     calls = []
-    monkeypatch.setattr("m2dist.kernels.m2_mixer.fused_m2_mixer", lambda *a: calls.append(1) or fused_m2_mixer(*a))
+    monkeypatch.setattr("m2dist.kernels.mixer_core.fused_mixer_core", lambda *a: calls.append(1) or fused_mixer_core(*a))
     return calls
 
 
@@ -164,7 +164,7 @@ def test_fused_mixer_takes_any_layout():
     d2 = d2[:, 0].clone()
     keep = torch.ones(1, L)
     keep[0, -4:] = 0
-    y = fused_m2_mixer(z, u_full[..., H:], conv_w, conv_b, k1f, k1r, d1, k2f, None, d2, keep)
+    y = fused_mixer_core(z, u_full[..., H:], conv_w, conv_b, k1f, k1r, d1, k2f, None, d2, keep)
     gy = torch.randn(y.shape, generator=g)
     (y * gy).sum().backward()
     leaves = (z, u_full, conv_w, conv_b, d1)

@@ -535,7 +535,7 @@ def _backward(ctx, dy, _dg1, _dF, _dK):
 _mixer_core_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def fused_m2_mixer(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: torch.Tensor,
+def fused_mixer_core(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: torch.Tensor,
                    k1f: torch.Tensor, k1r: Optional[torch.Tensor], d1: torch.Tensor,
                    k2f: Optional[torch.Tensor] = None, k2r: Optional[torch.Tensor] = None,
                    d2: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -546,7 +546,7 @@ def fused_m2_mixer(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
     if u is None:
         k2f = k2r = d2 = None
     elif u.stride(-1) != 1:
-        raise ValueError(f"fused_m2_mixer: u needs a unit channel stride, got strides {tuple(u.stride())}")
+        raise ValueError(f"fused_mixer_core: u needs a unit channel stride, got strides {tuple(u.stride())}")
     # The kernels index every per-channel vector and the mask densely, and z (saved for backward) token-major.
     z, conv_b, d1 = z.contiguous(), conv_b.contiguous(), d1.contiguous()
     d2 = None if d2 is None else d2.contiguous()
