@@ -80,7 +80,7 @@ def default_rows(gpus: int) -> list[str]:
 
 # CPU_TEST=1: the tiny M2-GPT on 2 gloo processes, every row kind once.
 CPU_TEST_ENV = dict(
-    ROWS=",".join(f"m2-gpt-tiny@128{s}" for s in ("", ":dp2.z1", ":tp2", ":cp2", ":comm.tp2", ":resume.dp2")),
+    ROWS=",".join(f"m2-gpt-tiny@128{s}" for s in ("", ":dp2.z1", ":tp2", ":cp2", ":comm.tp2", ":resume.dp2.z1")),
     TOKENS="512", STEPS="4", WARMUP="2", RESUME_STEPS="2", COMM_REPS="5", VOCAB="512", GPUS="2",
     BENCH_CORPUS_CHARS="400000", BENCH_TOKENIZER_PIECES="512")
 
@@ -141,7 +141,7 @@ def train_overrides(row: Row, data: str, tok: str, run_dir: str, steps: int, log
     The global batch is always the row's (the data order of a resumed run is defined per global batch)."""
     from train_bench import VOCAB
 
-    tp, cp, dp = layout or (row.tp, row.cp, row.dp)
+    tp, cp, _ = layout or (row.tp, row.cp, row.dp)  # the data-parallel size is what the world leaves
     kind = "mlm" if "bert" in row.preset else "causal_lm"
     batch = replica_batch(row.seq_len)
     out = [f"model.max_seq_len={row.seq_len}", f"model.vocab_size={env_int('VOCAB', VOCAB[kind])}",
@@ -253,6 +253,7 @@ def run_resume_row(row: Row, data: str, tok: str, base: str) -> dict:
     config = config_path(row.preset)
     here, one = (row.tp, row.cp, row.dp), (1, 1, 1)
     chain, ref = os.path.join(base, "chain"), os.path.join(base, "uninterrupted")
+    os.makedirs(base, exist_ok=True)
     segments, out = [], dict(resume_steps=k, rtol=rtol)
     for i, layout in enumerate((here, one, here)):
         end = k * (i + 1)
