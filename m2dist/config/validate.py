@@ -120,11 +120,22 @@ def _context_problems(cfg: Config, sources: dict[str, str]) -> list[str]:
     if not m.arch.startswith("m2_"):
         return [f"{key} needs an M2 model: model.arch={m.arch!r} is a Transformer baseline, whose attention has no "
                 f"context-parallel form here (ring attention is not implemented); use parallel.context=1"]
-    if m.arch == "m2_vit":
-        return [f"{key}: parallel.context>1 is not supported for m2_vit yet (its patch sequence and mean pooling are "
-                f"not split); use parallel.context=1"]
     out = []
-    if m.max_seq_len % cp:
+    if m.arch == "m2_vit":
+        # The loader gives each rank a block of pixel rows: whole rows of patches, a consecutive block of the
+        # row-major patch sequence.
+        rows = m.image_size // m.patch_size
+        if m.position_embeddings:
+            out.append(f"{key} with model.arch='m2_vit' needs model.position_embeddings=false (from "
+                       f"{source_of('model.position_embeddings', sources)}; the paper's M2-ViT has none, and the "
+                       f"patch position table is not split across ranks)")
+        if rows % cp:
+            out.append(f"{key} does not divide the {rows} rows of patches (model.image_size={m.image_size} / "
+                       f"model.patch_size={m.patch_size}): each rank holds a block of whole patch rows")
+        elif rows * rows // cp < m.short_conv_size - 1:
+            out.append(f"{key} leaves {rows * rows // cp} patches per rank, fewer than the short conv's halo of "
+                       f"model.short_conv_size-1={m.short_conv_size - 1}")
+    elif m.max_seq_len % cp:
         out.append(f"{key} does not divide the sequence length model.max_seq_len={m.max_seq_len} (from "
                    f"{source_of('model.max_seq_len', sources)}): each rank holds max_seq_len / parallel.context "
                    f"consecutive tokens")

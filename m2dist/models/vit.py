@@ -12,6 +12,14 @@ from m2dist.config.model import ModelConfig
 from m2dist.models.init import init_linear_
 
 
+class PatchMean(nn.Module):
+    """The mean over the patch dimension (B, N, H) -> (B, H). A module of its own so that context parallelism can
+    make it a mean over every rank's patches (``m2dist.parallel.plan``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
 class VisionClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig, blocks: list[nn.Module]):
         super().__init__()
@@ -25,6 +33,7 @@ class VisionClassifier(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.pool = PatchMean()
         self.head = nn.Linear(h, cfg.num_classes)
         init_linear_(self.patch_embed, cfg.init)
         init_linear_(self.head, "paper")
@@ -38,4 +47,4 @@ class VisionClassifier(nn.Module):
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x).mean(dim=1))
+        return self.head(self.pool(self.norm(x)))

@@ -12,7 +12,14 @@ function                    forward                           backward
 ``gather_last_dim``         all-gather, concat on last dim    keep this rank's slice (no communication)
 ``scatter_blocks``          keep this rank's chunks (no comm) all-gather of the chunks' gradients
 ``own_chunks``              keep this rank's chunks (no comm) the slice's gradient (zeros elsewhere, no comm)
+``sum_over_context``        all-reduce (sum) over CP          all-reduce (sum) over CP
 ==========================  ================================  ===============================================
+
+``sum_over_context`` is the one context-parallel mapping here (the mixer's live in ``context_conv``): it joins
+per-rank partial sums into a replicated value (M2-ViT's mean over patches, ``styles.ContextMean``). Its backward is
+an all-reduce too, not megatron's identity, because the trainer's loss on replicated values is split over the CP
+ranks: each holds 1/CP of it (its target count is counted on every CP rank), so each rank's gradient of the
+replicated sum is 1/CP of the true one, and their sum is what each rank's partial inputs need.
 
 Why the wrapper around megatron's ``copy_to``: megatron's ``_reduce`` runs ``all_reduce(input_.contiguous())`` and
 returns the *original* tensor (stack-facts §3), so a non-contiguous upstream gradient (e.g. one that went through a
@@ -110,6 +117,26 @@ def reduce_from_tp(x: torch.Tensor) -> torch.Tensor:
     from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
 
     return reduce_from_tensor_model_parallel_region(x.contiguous())
+
+
+class _SumOverContext(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        x = x.contiguous().clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def sum_over_context(x: torch.Tensor) -> torch.Tensor:
+    """The sum over the context-parallel group of each rank's partial ``x`` (see the module docstring)."""
+    return _SumOverContext.apply(x, cp_group())
 
 
 def gather_last_dim(x: torch.Tensor) -> torch.Tensor:

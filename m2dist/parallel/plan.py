@@ -63,7 +63,9 @@ the sizes it reads at call time are TP-local):
 * mixer ``core`` -> ``ContextParallelCore``: the halo short conv and the all-to-all sequence <-> channels around the
   full-length long convs (``context_conv``), with the core's own long conv (a kernel's after ``accelerate``);
 * implicit filters -> ``ContextFilter``: the global length's taps, for the rank's channels only;
-* position embeddings (M2-BERT) -> ``PositionOffset``: the rank's positions.
+* position embeddings (M2-BERT) -> ``PositionOffset``: the rank's positions;
+* M2-ViT's mean over patches -> ``ContextMean``: the mean over every rank's patches (the loader gives a rank its
+  block of pixel rows, i.e. of patch rows: the row-major patch sequence's consecutive block).
 
 Position-wise layers (projections, GLU, norms, embeddings, heads) need nothing. Attention has no CP form (the config
 refuses the Transformer baselines). The CP styles run on megatron's context-parallel group.
@@ -84,6 +86,7 @@ from m2dist.models.gpt import CausalLM
 from m2dist.models.hyena_filter import ImplicitFilter
 from m2dist.models.monarch_mlp import MonarchGLU
 from m2dist.models.sequence_mixer import M2SequenceMixer
+from m2dist.models.vit import PatchMean
 from m2dist.parallel import styles
 
 
@@ -206,6 +209,7 @@ PLAN: tuple[LayerPlan, ...] = (
         forward={"embeddings.token": styles.VocabEmbedding(), "head.decoder": styles.CopyInput()},
         check=_check_vocab("embeddings.token"), logits_like="head.decoder.weight"),
         "cp": AxisPlan(forward={"embeddings.position": styles.PositionOffset()})}),
+    LayerPlan(PatchMean, {"cp": AxisPlan(forward={"": styles.ContextMean()})}),
 )
 
 

@@ -235,3 +235,19 @@ class PositionOffset(Style):
 
     def apply(self, layer, path, plan, rank, size):
         layer.get_submodule(path).register_forward_pre_hook(_on_arg(0, lambda ids: ids + rank * ids.shape[-1]))
+
+
+class ContextMean(Style):
+    """A mean over the sequence (dim 1) of this rank's tokens -> the mean over every CP rank's: the local sum,
+    summed over the CP group (``mappings.sum_over_context``, all-reduce both ways), over the global count."""
+
+    def apply(self, layer, path, plan, rank, size):
+        import types
+
+        from m2dist.parallel.mappings import sum_over_context
+
+        def forward(self, x):
+            return sum_over_context(x.sum(dim=1)) / (x.shape[1] * size)
+
+        module = layer.get_submodule(path)
+        module.forward = types.MethodType(forward, module)

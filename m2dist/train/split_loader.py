@@ -5,28 +5,33 @@ parallelism each rank keeps its slice of the sequence."""
 from __future__ import annotations
 
 from m2dist.config.schema import Config
-from m2dist.data.contract import ATTENTION_MASK, INPUT_IDS, LABELS, task_of
+from m2dist.data.contract import ATTENTION_MASK, IMAGES, INPUT_IDS, LABELS, task_of
 from m2dist.models.build import sequence_length
 
-# The batch keys laid out along the sequence (dim 1); the others (sample_ids) are per sample.
-SEQUENCE_KEYS = (INPUT_IDS, LABELS, ATTENTION_MASK)
+# Per task, the batch keys laid out along the sequence and their sequence dim; the others (sample_ids, an image's
+# label) are per sample. An image's patch sequence is row-major, so a block of pixel rows (dim 2 of (B, C, H, W))
+# is a consecutive block of patches.
+SEQUENCE_DIMS = {"causal_lm": {INPUT_IDS: 1, LABELS: 1, ATTENTION_MASK: 1},
+                 "mlm": {INPUT_IDS: 1, LABELS: 1, ATTENTION_MASK: 1},
+                 "image": {IMAGES: 2}}
 
 
 class ContextSlices:
     """The batches of ``loader`` cut to context rank ``rank``'s consecutive block of the sequence, ``L/size``
-    tokens (rank order = sequence order; ``m2dist.parallel.context_conv.split_sequence``). Slicing whole samples
-    keeps everything per-sample equal to ``size = 1``: MLM masks are drawn on the full sample, and a causal label
-    (the next token, aligned by the reader) is right at a block's last position, the next block's first token.
-    Resumption state is the loader's."""
+    tokens or patches (rank order = sequence order; ``m2dist.parallel.context_conv.split_sequence``). Slicing whole
+    samples keeps everything per-sample equal to ``size = 1``: MLM masks are drawn on the full sample, a causal label
+    (the next token, aligned by the reader) is right at a block's last position, the next block's first token, and
+    an image is augmented whole. Resumption state is the loader's."""
 
-    def __init__(self, loader, rank: int, size: int):
+    def __init__(self, loader, rank: int, size: int, task: str):
         self.loader, self.rank, self.size = loader, rank, size
+        self.dims = SEQUENCE_DIMS[task]
 
     def __iter__(self):
         from m2dist.parallel.context_conv import split_sequence
 
         for batch in self.loader:
-            yield {k: split_sequence(v, 1, self.rank, self.size).contiguous() if k in SEQUENCE_KEYS else v
+            yield {k: split_sequence(v, self.dims[k], self.rank, self.size).contiguous() if k in self.dims else v
                    for k, v in batch.items()}
 
     def __len__(self) -> int:
@@ -53,4 +58,4 @@ def build_split_loader(cfg: Config, split: str, groups, training: bool = True):
         image_size=cfg.model.image_size,
         train=training,
     )
-    return ContextSlices(loader, groups.context_rank, groups.context_size) if groups.context_size > 1 else loader
+    return ContextSlices(loader, groups.context_rank, groups.context_size, task_of(cfg)) if groups.context_size > 1 else loader

@@ -24,7 +24,7 @@ def _model(preset: str):
     return build_model(preset_config(preset, vocab_size=512))
 
 
-@pytest.mark.parametrize("preset", ["m2-gpt-tiny", "m2-bert-tiny"])
+@pytest.mark.parametrize("preset", ["m2-gpt-tiny", "m2-bert-tiny", "m2-vit-tiny"])
 def test_cp_axis_replicates_every_parameter(preset):
     model = _model(preset)
     names = list(model.state_dict())

@@ -1,5 +1,5 @@
 """Context parallelism through the trainer (issue 16), on CPU gloo processes: ``parallel.context=2`` follows the
-single-process trajectory for M2-GPT and M2-BERT, TP2 x CP2 on 4 ranks too, checkpoints move between CP sizes with
+single-process trajectory for M2-GPT, M2-BERT and M2-ViT, TP2 x CP2 on 4 ranks too, checkpoints move between CP sizes with
 the data order intact, and the refusals are one line before any work.
 
 The single-process references are the shared runs of test_trainer.py (``gpt_dp1_z0``, ``bert_dp1_z0``: global batch
@@ -30,6 +30,10 @@ CP_RUNS = {
     # gpt's reference settings (every 20 steps, 2 micro-batches) sums each sample's slices.
     "bert_cp2": ("bert", 2, ["parallel.context=2", "checkpoint.every=0", "trainer.eval_every=20",
                              "trainer.eval_steps=2"]),
+    # Patches: each rank gets 2 of the 4 rows of 8x8-pixel patches of a 32x32 image; the mean over patches sums
+    # over ranks; whole-split evaluation (top-1) at step 12. vit_dp1's settings.
+    "vit_cp2": ("vit", 2, ["parallel.context=2", "checkpoint.every=0", "trainer.eval_every=12",
+                           "trainer.eval_steps=0"]),
     # Tensor x context on 4 ranks (TP innermost), ZeRO-1 over the DP x CP group.
     "bert_tp2_cp2": ("bert", 4, ["parallel.tensor=2", "parallel.context=2", "deepspeed.zero_stage=1",
                                  "checkpoint.every=0"]),
@@ -74,6 +78,15 @@ def test_m2_bert_cp2_matches_one_process(cp_run, run):
     assert a["eval_accuracy"] == pytest.approx(b["eval_accuracy"], abs=0.01)  # an argmax tie may flip
 
 
+def test_m2_vit_cp2_matches_one_process(cp_run, run):
+    cp, ref = cp_run("vit_cp2"), run("vit_dp1")
+    _assert_follows(cp, ref, list(range(1, 13)))
+    a, b = mr.evals(cp)[12], mr.evals(ref)[12]
+    assert a["eval_samples"] == b["eval_samples"]
+    assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=RTOL)
+    assert a["eval_top1"] == pytest.approx(b["eval_top1"], abs=0.17)  # an argmax tie may flip one of 6
+
+
 def test_tp2_cp2_on_four_ranks_matches_one_process(cp_run, run):
     _assert_follows(cp_run("bert_tp2_cp2"), run("bert_dp1_z0"), list(range(1, 21)))
 
@@ -106,7 +119,10 @@ SMOKE = str(mr.REPO / "configs/smoke/m2-gpt-tiny.yaml")
 @pytest.mark.parametrize("overrides, needles", [
     (["model.arch=gpt"], ["parallel.context=2", "Transformer baseline", "ring attention"]),
     (["model.arch=bert", "data.kind=mlm"], ["parallel.context=2", "'bert'", "Transformer baseline"]),
-    (["model.arch=m2_vit", "data.kind=image"], ["parallel.context>1 is not supported for m2_vit yet"]),
+    (["model.arch=m2_vit", "data.kind=image", "model.position_embeddings=true"],
+     ["parallel.context=2", "model.position_embeddings=false"]),
+    (["model.arch=m2_vit", "data.kind=image", "model.image_size=32", "model.patch_size=8", "parallel.context=8"],
+     ["parallel.context=8", "4 rows of patches", "model.patch_size=8"]),
     (["model.max_seq_len=100", "parallel.context=8"], ["parallel.context=8", "model.max_seq_len=100"]),
     (["parallel.context=128"], ["1 tokens per rank", "halo"]),
     (["parallel.tensor=4", "parallel.context=32"], ["parallel.tensor=4", "model.hidden_size=64"]),
