@@ -4,15 +4,15 @@ link bandwidth (no multi-GPU machine was lent to measure it; issue 16, item 6).
 Per step of one sequence of L tokens split over CP ranks, per rank:
 
 * compute = (L / CP) / (the trainer's measured tokens/s on one GPU), i.e. the per-token cost measured at the
-  benchmark's length held constant. That is optimistic at long L: the FFT's share grows with log L (the bare M2
-  layer stack lost 3-12% from 2K to 16K in ``layer_bench``), and a 1M-token sequence needs activation
-  checkpointing to fit, which adds about a third;
+  longest length the results file has (``train_bench``'s M2-GPT-360M trainer rows) held constant. That is
+  optimistic at longer L: the FFT's share grows with log L (the bare M2 layer stack lost 3-12% from 2K to 16K in
+  ``layer_bench``), and a 1M-token sequence needs activation checkpointing to fit, which adds about a third;
 * communication = the bytes ``m2dist.parallel.context_volume`` counts for method (a) (two all-to-alls and the
   short conv's halo per mixer, forward and backward; equal to what the implementation sends, tested), over all
   layers, divided by the assumed all-to-all bandwidth per GPU. Nothing overlaps compute in the implementation, so
   the two add.
 
-    python3 benchmarks/cp_predict.py                       # the tokens/s of benchmarks/results/run15_train.json
+    python3 benchmarks/cp_predict.py                       # the tokens/s of benchmarks/results/run16_train.json
     python3 benchmarks/cp_predict.py --tokens-per-s 60000 --link-gbps 200
 """
 
@@ -26,16 +26,18 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MEASURED = os.path.join(ROOT, "benchmarks", "results", "run15_train.json")
+MEASURED = os.path.join(ROOT, "benchmarks", "results", "run16_train.json")
 
 
-def measured_tokens_per_s(path: str, preset: str = "m2-gpt-360m") -> float:
+def measured_tokens_per_s(path: str, preset: str = "m2-gpt-360m") -> tuple[float, int]:
+    """(tokens/s, L) of ``preset``'s trainer row at the longest L measured in a ``train_bench`` results file."""
     with open(path) as f:
-        rows = json.load(f)["rows"]
-    for row in rows:
-        if row.get("preset") == preset and row.get("mode") == "trainer" and row.get("tokens_per_s"):
-            return float(row["tokens_per_s"])
-    raise SystemExit(f"{path}: no trainer row of {preset} with tokens_per_s")
+        rows = [r for r in json.load(f)["rows"]
+                if r.get("preset") == preset and r.get("mode") == "trainer" and r.get("tokens_per_s")]
+    if not rows:
+        raise SystemExit(f"{path}: no trainer row of {preset} with tokens_per_s")
+    row = max(rows, key=lambda r: r["seq_len"])
+    return float(row["tokens_per_s"]), int(row["seq_len"])
 
 
 def main() -> int:
@@ -50,10 +52,14 @@ def main() -> int:
                         "per direction nominal; NCCL's all-to-all reaches less)")
     args = p.parse_args()
     model = load_config(args.config, []).model
-    rate = args.tokens_per_s or measured_tokens_per_s(MEASURED)
+    if args.tokens_per_s:
+        rate, source = args.tokens_per_s, "given"
+    else:
+        rate, measured_at = measured_tokens_per_s(MEASURED)
+        source = f"trainer at L={measured_at}, measured: {os.path.relpath(MEASURED, ROOT)}"
     causal = model.arch == "m2_gpt"
     print(f"{model.arch}: H={model.hidden_size}, {model.num_layers} layers, bf16; one GPU: {rate:,.0f} tokens/s "
-          f"(trainer, measured); link: {args.link_gbps:g} GB/s per GPU (assumed)\n")
+          f"({source}); link: {args.link_gbps:g} GB/s per GPU (assumed)\n")
     print("| L | CP | tokens per rank | compute s | all-to-all + halo GiB | communication s | communication share |")
     print("|---|---|---|---|---|---|---|")
     for length in (1 << 16, 1 << 17, 1 << 18, 1 << 20):

@@ -9,6 +9,11 @@ both jobs take the same one and one unlinks the other's segments (its ranks then
 prefix is taken under a host-wide lock (``registering_prefix``): the local leader of each node holds it while all
 ranks of the job scan, register and attach, and other jobs wait that long (milliseconds).
 
+Within one job, streaming's ranks race too: each creates a segment or, finding it exists, attaches after a 7 ms
+sleep. The stdlib creates in two calls (``shm_open``, then ``ftruncate``), so an attacher that comes between them
+maps a 0-byte file, "ValueError: cannot mmap an empty file", the job's end on a loaded host (seen in the suite on 2
+busy cores). ``attach_waits_for_size`` makes the attach wait, up to ``ATTACH_WAIT_S``, until the creator has sized it.
+
 Killed jobs leave their segments and file locks behind, and streaming never removes file locks: prefixes pile up,
 and a stale segment can hold a prefix's name. ``clean_stale`` removes, under the same lock, the files of each
 prefix that no process maps or holds open, owned by this user and older than a minute (a job that is not an
@@ -35,6 +40,7 @@ _NAMES = ("locals", "barrier", "next_epoch", "cache_usage", "shard_states", "sha
 STREAMING_SHM = re.compile(r"^(\d{6})_(%s)$" % "|".join(_NAMES))
 STREAMING_FILELOCK = re.compile(r"^(\d{6})_(barrier|cache)_filelock$")
 STALE_AFTER_S = 60.0
+ATTACH_WAIT_S = 30.0
 
 
 @contextlib.contextmanager
@@ -114,12 +120,43 @@ def clean_stale(tempdir: str | None = None, stale_after_s: float = STALE_AFTER_S
     return removed
 
 
+def attach_waits_for_size() -> None:
+    """Patch streaming's shared memory (idempotent) so that attaching to a segment another process has created but
+    not yet sized waits for the size instead of failing (see the module docstring)."""
+    from streaming.base.shared import memory
+
+    builtin = memory.BuiltinSharedMemory
+    if getattr(builtin, "waits_for_size", False):
+        return
+
+    class AttachWhenSized(builtin):
+        waits_for_size = True
+
+        def __init__(self, name=None, create=False, size=0):
+            deadline = time.monotonic() + ATTACH_WAIT_S
+            while True:
+                try:
+                    super().__init__(name, create, size)
+                    return
+                except ValueError as err:  # raised by mmap after shm_open: the fd is open, nothing was unlinked
+                    fd = getattr(self, "_fd", -1)
+                    if fd >= 0:
+                        os.close(fd)
+                        self._fd = -1
+                    if create or "empty file" not in str(err) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.005)
+
+    memory.BuiltinSharedMemory = AttachWhenSized
+
+
 @contextlib.contextmanager
 def registering_prefix() -> Iterator[None]:
     """Wrap the construction of a StreamingDataset on every rank of a job (collective when torch.distributed is
     initialised): the local leaders hold the host lock, and clean stale leftovers, until every rank has its prefix."""
     import torch.distributed as dist
 
+    attach_waits_for_size()
     leader = int(os.environ.get("LOCAL_RANK", "0")) == 0
     collective = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     with host_lock() if leader else contextlib.nullcontext():

@@ -65,6 +65,12 @@ class Trainer:
 
         layout = Layout(self.info.world_size, self.groups.data_context_size, self.groups.tensor_size,
                         cfg.deepspeed.zero_stage, t.global_batch_size, t.micro_batch_size, self.groups.context_size)
+        if self.rank == 0:
+            g = self.groups
+            log.info("layout: world %d = tensor %d x context %d x data %d (rank order TP, CP, DP), ZeRO-%d; global "
+                     "batch %d = micro %d x accumulation %d x data %d", self.info.world_size, g.tensor_size,
+                     g.context_size, g.data_size, cfg.deepspeed.zero_stage, t.global_batch_size, t.micro_batch_size,
+                     self.gas, g.data_size)
         self.ckpt = CheckpointManager(cfg.checkpoint, layout, self.groups)
         resume_path = self.ckpt.find_resume(t.resume)
         self.plan = self.ckpt.plan_load(resume_path) if resume_path else None

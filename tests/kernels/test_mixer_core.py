@@ -82,7 +82,8 @@ def test_frequency_pairs_across_programs(monkeypatch, L):
         return (rows, triton.cdiv(n // 4 + 1, 2)), 2
 
     monkeypatch.setattr(mixer_core, "_pair_grid", tiny)
-    _check(B=2, L=L, H=20, dtype=torch.float32, bidir=True, residual=True, masked=False)
+    # One sequence of 8 channels: the pair indexing is per row, and the interpreter's time grows with the rows.
+    _check(B=1, L=L, H=8, dtype=torch.float32, bidir=True, residual=True, masked=False)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])

@@ -168,10 +168,11 @@ def _resumed_lines(run_dir, job, attempt) -> list[str]:
 def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(slurm_cluster, train_overrides, tmp_path):
     """A real node failure: node2's slurmd and every process in its namespace are SIGKILLed mid-training. Slurm
     marks the node DOWN, ends the job and requeues it itself (--requeue); it waits for two nodes, starts when node2's
-    slurmd is back (an admin's repair; here up.sh) and resumes from the newest complete checkpoint."""
+    slurmd is back (an admin's repair; here up.sh) and resumes from the newest complete checkpoint.
+    The job is context-parallel across the two nodes (CP2, one rank each): the launcher's rendezvous and CP compose."""
     run_dir = tmp_path / "node-failure"
     job = sbatch(["--nodes=2", "slurm/train.sbatch", str(SMOKE_CONFIG), *train_overrides, *run_overrides(run_dir),
-                  "trainer.max_steps=100000", "checkpoint.every=4"])
+                  "trainer.max_steps=100000", "checkpoint.every=4", "parallel.context=2"])
     try:
         wait_for(lambda: (m := records.train_metrics(run_dir)) and m[-1]["step"] >= 6, JOB_TIMEOUT_S,
                  "step 6", interval=0.05)
@@ -181,7 +182,9 @@ def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(slurm_cluste
         wait_for(lambda: (job_info(job) or {}).get("Restarts") == "1", NODE_FAIL_TIMEOUT_S,
                  "Slurm to requeue the job after the node failure")
         took = __import__("time").monotonic() - t0
-        assert state(job) == "PENDING", job_info(job)
+        # Restarts counts the requeue while the killed attempt may still be COMPLETING (its epilog, the lost
+        # node's steps): the job then waits PENDING for two nodes, node2 being down.
+        wait_for(lambda: state(job) == "PENDING", 60, "the requeued job to wait pending")
         # Nothing of the first attempt survives on either node.
         wait_for(lambda: not processes_of_job(job), 30, f"no process of job {job} left")
         complete = sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*")
@@ -192,6 +195,8 @@ def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(slurm_cluste
     wait_for(lambda: _resumed_lines(run_dir, job, 1), JOB_TIMEOUT_S, "the requeued attempt to resume")
     resumed = _resumed_lines(run_dir, job, 1)[0]
     assert f"step_{complete[-1]} at step {complete[-1]}" in resumed, (resumed, complete)
+    first = "".join(p.read_text() for p in (run_dir / "logs" / f"{job}.0").glob("node*.log"))  # rank 0's node
+    assert "world 2 = tensor 1 x context 2 x data 1" in first, first[-3000:]
     wait_for(lambda: records.train_metrics(run_dir)[-1]["step"] > complete[-1] + 2, JOB_TIMEOUT_S,
              "training to continue")
     subprocess.run(["scancel", job], check=True, timeout=30)
