@@ -11,9 +11,8 @@ from m2dist.models.build import sequence_length
 # Per task, the batch keys laid out along the sequence and their sequence dim; the others (sample_ids, an image's
 # label) are per sample. An image's patch sequence is row-major, so a block of pixel rows (dim 2 of (B, C, H, W))
 # is a consecutive block of patches.
-SEQUENCE_DIMS = {"causal_lm": {INPUT_IDS: 1, LABELS: 1, ATTENTION_MASK: 1},
-                 "mlm": {INPUT_IDS: 1, LABELS: 1, ATTENTION_MASK: 1},
-                 "image": {IMAGES: 2}}
+_TOKEN_DIMS = {INPUT_IDS: 1, LABELS: 1, ATTENTION_MASK: 1}
+SEQUENCE_DIMS = {"causal_lm": _TOKEN_DIMS, "mlm": _TOKEN_DIMS, "image": {IMAGES: 2}}
 
 
 class ContextSlices:
@@ -58,4 +57,6 @@ def build_split_loader(cfg: Config, split: str, groups, training: bool = True):
         image_size=cfg.model.image_size,
         train=training,
     )
-    return ContextSlices(loader, groups.context_rank, groups.context_size, task_of(cfg)) if groups.context_size > 1 else loader
+    if groups.context_size == 1:
+        return loader
+    return ContextSlices(loader, groups.context_rank, groups.context_size, task_of(cfg))

@@ -65,6 +65,13 @@ def _assert_follows(run_dir: Path, ref_dir: Path, steps) -> None:
     assert {s: ids[s] for s in steps} == {s: ref_ids[s] for s in steps}  # the same samples, none repeated/skipped
 
 
+def _assert_eval_follows(run_dir: Path, ref_dir: Path, step: int, accuracy: str, abs_tol: float) -> None:
+    a, b = mr.evals(run_dir)[step], mr.evals(ref_dir)[step]
+    assert a["eval_samples"] == b["eval_samples"]
+    assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=RTOL)
+    assert a[accuracy] == pytest.approx(b[accuracy], abs=abs_tol)  # an argmax tie may flip
+
+
 def test_m2_gpt_cp2_matches_one_process(cp_run, run):
     _assert_follows(cp_run("gpt_cp2"), run("gpt_dp1_z0"), list(range(1, 21)))
 
@@ -72,19 +79,13 @@ def test_m2_gpt_cp2_matches_one_process(cp_run, run):
 def test_m2_bert_cp2_matches_one_process(cp_run, run):
     cp, ref = cp_run("bert_cp2"), run("bert_dp1_z0")
     _assert_follows(cp, ref, list(range(1, 21)))
-    a, b = mr.evals(cp)[20], mr.evals(ref)[20]
-    assert a["eval_samples"] == b["eval_samples"]
-    assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=RTOL)
-    assert a["eval_accuracy"] == pytest.approx(b["eval_accuracy"], abs=0.01)  # an argmax tie may flip
+    _assert_eval_follows(cp, ref, 20, "eval_accuracy", 0.01)
 
 
 def test_m2_vit_cp2_matches_one_process(cp_run, run):
     cp, ref = cp_run("vit_cp2"), run("vit_dp1")
     _assert_follows(cp, ref, list(range(1, 13)))
-    a, b = mr.evals(cp)[12], mr.evals(ref)[12]
-    assert a["eval_samples"] == b["eval_samples"]
-    assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=RTOL)
-    assert a["eval_top1"] == pytest.approx(b["eval_top1"], abs=0.17)  # an argmax tie may flip one of 6
+    _assert_eval_follows(cp, ref, 12, "eval_top1", 0.17)  # one of the 6 images
 
 
 def test_tp2_cp2_on_four_ranks_matches_one_process(cp_run, run):
