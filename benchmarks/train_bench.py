@@ -171,7 +171,10 @@ def run_trainer(cfg, profile_steps: int = 0) -> dict:
     trainer = Trainer(cfg)
     try:
         trainer.fit()
-        profile = profile_table(trainer.train_step, profile_steps) if profile_steps else None
+        phases = [(trainer, "_next_batch", "loader"), (trainer.engine, "forward", "forward"),
+                  (trainer.engine, "backward", "backward"), (trainer.engine, "step", "optimizer step")]
+        profile = (profile_table(trainer.train_step, profile_steps, phases, os.path.basename(cfg.trainer.run_dir))
+                   if profile_steps else None)
     finally:
         trainer.close()
         destroy_groups()
@@ -247,7 +250,8 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
             now = time.perf_counter()
             times.append((now - t0) / (k if i % k == 0 else i % k))
             t0 = now
-    profile = profile_table(lambda: float(step(batches[-1])), profile_steps) if profile_steps else None
+    profile = profile_table(lambda: float(step(batches[-1])), profile_steps, [(model, "forward", "forward")],
+                            os.path.basename(cfg.trainer.run_dir)) if profile_steps else None
     mem = memory_gib(str(device))
     del model, optimizer, batches
     gc.collect()
@@ -256,9 +260,16 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
     return dict(times=times, losses=losses, mem=mem, profile=profile)
 
 
-def profile_table(fn, steps: int) -> str:
+def profile_table(fn, steps: int, phases=(), name: str = "steps") -> str:
+    """The top CUDA ops of ``steps`` calls of ``fn``, and on a GPU where the GPU waited (``gpu_gaps``: idle time by
+    the host phase of ``phases`` that issued the next work; the trace is kept as ``<name>_trace.json.gz``)."""
+    import gzip
+    import shutil
+
     import torch
     from torch.profiler import ProfilerActivity, profile
+
+    from gpu_gaps import format_gaps, gaps_by_phase, phase_ranges
 
     fn()
     if torch.cuda.is_available():
@@ -270,14 +281,25 @@ def profile_table(fn, steps: int) -> str:
         torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / steps
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=acts) as prof:
+    with phase_ranges(phases), profile(activities=acts) as prof:
         for _ in range(steps):
-            fn()
+            with torch.profiler.record_function(name):
+                fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    return (f"wall {wall * 1e3:.1f} ms per step without the profiler; the table covers {steps} steps\n"
+    text = (f"wall {wall * 1e3:.1f} ms per step without the profiler; the table covers {steps} steps\n"
             + prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
+    from common import RESULTS
+
+    trace = os.path.join(RESULTS, f"{name}_trace.json")
+    prof.export_chrome_trace(trace)
+    with open(trace) as f:
+        gaps = format_gaps(gaps_by_phase(json.load(f)), steps)
+    with open(trace, "rb") as f, gzip.open(trace + ".gz", "wb") as g:
+        shutil.copyfileobj(f, g)
+    os.remove(trace)
+    return text + "\n" + gaps
 
 
 def parse_variants(text: str) -> list[tuple[str, list[str]]]:

@@ -110,6 +110,9 @@ class TrainerConfig:
     eval_steps: int = 10
     activation_checkpointing: bool = False
     compile: bool = False
+    # Replay each layer's forward and backward as CUDA graphs (m2dist/train/layer_graphs.py): one launch per layer
+    # instead of dozens, for steps bound by kernel launches (M2 at short lengths). CUDA only.
+    cuda_graphs: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -101,6 +101,7 @@ def problems(cfg: Config, sources: dict[str, str]) -> list[str]:
         bad("trainer.global_batch_size", t.global_batch_size,
             f"a multiple of trainer.micro_batch_size={t.micro_batch_size}")
     out.extend(_context_problems(cfg, sources))
+    out.extend(_graph_problems(cfg, sources))
     arch, kind = cfg.model.arch, cfg.data.kind
     if kind != TASK_OF_ARCH[arch]:
         same_kind = ", ".join(a for a, task in TASK_OF_ARCH.items() if task == kind)
@@ -109,6 +110,25 @@ def problems(cfg: Config, sources: dict[str, str]) -> list[str]:
                    f"trains on {TASK_OF_ARCH[arch]!r} data (set data.kind={TASK_OF_ARCH[arch]}, or an arch that "
                    f"trains on {kind!r}: {same_kind})")
     return out
+
+
+def _graph_problems(cfg: Config, sources: dict[str, str]) -> list[str]:
+    """What ``trainer.cuda_graphs`` cannot capture (m2dist/train/layer_graphs.py): one line each."""
+    t, p = cfg.trainer, cfg.parallel
+    if not t.cuda_graphs:
+        return []
+    key = f"trainer.cuda_graphs=true (from {source_of('trainer.cuda_graphs', sources)})"
+    clashes = [("trainer.activation_checkpointing", t.activation_checkpointing, "recomputes the forward outside "
+                "the graph"),
+               ("trainer.compile", t.compile, "failed in capture on the H200 (inductor's RNG offsets: benchmarks/NOTES.md, "
+                "attempt 19)"),
+               ("parallel.tensor", p.tensor > 1, "runs collectives inside each layer, not captured here yet"),
+               ("parallel.context", p.context > 1, "runs collectives inside each layer, not captured here yet"),
+               ("deepspeed.zero_stage", cfg.deepspeed.zero_stage == 3, "gathers each layer's parameters into new "
+                "buffers at every forward"),
+               ("trainer.device", t.device == "cpu", "is not a CUDA device")]
+    return [f"{key} does not work with {name}={_get(cfg, name)!r} (from {source_of(name, sources)}): it {why}; "
+            f"set trainer.cuda_graphs=false or change {name}" for name, clash, why in clashes if clash]
 
 
 def _context_problems(cfg: Config, sources: dict[str, str]) -> list[str]:

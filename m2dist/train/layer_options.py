@@ -1,4 +1,5 @@
-"""Per-layer training options applied to a built model: activation checkpointing and ``torch.compile``."""
+"""Per-layer training options applied to a built model: activation checkpointing, ``torch.compile`` and CUDA
+graphs."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def _checkpoint_forward(layer: nn.Module) -> None:
 
 def apply_layer_options(model: nn.Module, cfg: Config) -> nn.Module:
     layers = layer_list(model, cfg.model.num_layers)
-    if (cfg.trainer.activation_checkpointing or cfg.trainer.compile) and layers is None:
-        raise ValueError("activation checkpointing / compile need the model's layer list, which was not found")
+    t = cfg.trainer
+    if (t.activation_checkpointing or t.compile or t.cuda_graphs) and layers is None:
+        raise ValueError("activation checkpointing / compile / CUDA graphs need the model's layer list, which was "
+                         "not found")
     if cfg.trainer.activation_checkpointing:
         for layer in layers:
             _checkpoint_forward(layer)
@@ -44,4 +47,13 @@ def apply_layer_options(model: nn.Module, cfg: Config) -> nn.Module:
         # graph break stays local to a layer.
         for layer in layers:
             layer.compile()
+    if cfg.trainer.cuda_graphs:
+        import torch
+
+        if cfg.trainer.device == "cpu" or not torch.cuda.is_available():
+            raise ValueError(f"trainer.cuda_graphs=true needs a CUDA device (trainer.device={cfg.trainer.device!r}, "
+                             f"CUDA available: {torch.cuda.is_available()}); set trainer.cuda_graphs=false")
+        from m2dist.train.layer_graphs import LayerGraphs
+
+        LayerGraphs(layers)
     return model

@@ -190,3 +190,16 @@ def test_every_arch_has_a_task():
 
     assert set(TASK_OF_ARCH) == set(typing.get_args(Arch))
     assert set(TASK_OF_ARCH.values()) == set(typing.get_args(Task))
+
+
+@pytest.mark.parametrize("override, clash", [
+    ("trainer.activation_checkpointing=true", "trainer.activation_checkpointing=True"),
+    ("trainer.compile=true", "trainer.compile=True"),
+    ("parallel.tensor=2", "parallel.tensor=2"), ("parallel.context=2", "parallel.context=2"),
+    ("deepspeed.zero_stage=3", "deepspeed.zero_stage=3"), ("trainer.device=cpu", "trainer.device='cpu'")])
+def test_cuda_graphs_refuse_what_a_graph_cannot_capture_at_load(override, clash):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.arch=m2_gpt", "trainer.cuda_graphs=true", override])
+    msg = str(err.value)
+    assert "trainer.cuda_graphs=true (from the command line) does not work with " + clash in msg, msg
+    assert "set trainer.cuda_graphs=false" in msg

@@ -1,0 +1,49 @@
+"""``m2dist.train.zero_grad_norm``: DeepSpeed ZeRO-1/2's gradient norm through ``torch._foreach_norm`` equals
+DeepSpeed's own per-parameter loop and the dense definition, and the trainer installs it. (The TP2 trainer test's
+logged grad norm, ZeRO-1 against ZeRO-0's own norm, covers the tensor-parallel counting in a real run.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from m2dist_run import REPO, base_env
+
+SCRIPT = r"""
+import json, os, types, torch, torch.distributed as dist
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["PORT"], rank=0, world_size=1)
+import deepspeed.comm
+deepspeed.comm.init_distributed("gloo", auto_mpi_discovery=False)
+from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+from m2dist.train import zero_grad_norm
+before = DeepSpeedZeroOptimizer.get_grad_norm_direct
+zero_grad_norm.use_foreach_grad_norm(); zero_grad_norm.use_foreach_grad_norm()  # idempotent
+g = torch.Generator().manual_seed(0)
+params = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in [(7,), (3, 5), (64, 33), (1,)]]
+grads = [torch.randn(p.shape, generator=g) * 10.0 ** i for i, p in enumerate(params)]
+fake = types.SimpleNamespace(model_parallel_rank=0, dp_process_group=None, device="cpu",
+                             _model_parallel_all_reduce=lambda tensor, op: None)
+cls = DeepSpeedZeroOptimizer
+out = dict(patched=float(cls.get_grad_norm_direct(fake, grads, params)),
+           original=float(before(fake, grads, params)),
+           dense=float(torch.cat([x.flatten().double() for x in grads]).norm()),
+           installed=cls.get_grad_norm_direct is zero_grad_norm.foreach_grad_norm_direct,
+           inf_norm=float(cls.get_grad_norm_direct(fake, grads, params, norm_type=float("inf"))))
+print(json.dumps(out))
+"""
+
+
+def test_foreach_norm_equals_deepspeeds_loop_and_the_dense_norm(tmp_path):
+    from m2dist_run import free_port
+
+    env = base_env(tmp_path)
+    env["PORT"] = str(free_port())
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["installed"]
+    for key in ("patched", "original"):
+        assert abs(got[key] - got["dense"]) <= 1e-6 * got["dense"], got
+    assert got["inf_norm"] == max(abs(got["inf_norm"]), 0) and got["inf_norm"] > 0  # other norms: DeepSpeed's own
