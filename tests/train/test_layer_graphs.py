@@ -63,7 +63,6 @@ def test_replayed_layers_train_like_eager_ones(arch):
     # The replay engaged (captured at the second forward): the LayerGraphs object the layer's forward closes over.
     assert any(getattr(c.cell_contents, "captured", None) for c in layers[0].forward.__closure__)
     assert losses[0] == ref_losses[0]  # the first forward runs eager
-    assert abs(ref_losses[-1] - ref_losses[0]) > 10 * 2e-4 * abs(ref_losses[0])  # the steps move the loss
     for a, b in zip(losses, ref_losses):
         assert abs(a - b) <= 2e-4 * abs(b), (losses, ref_losses)
     for g, r in zip(grads, ref_grads):  # a gradient doubled by a reused buffer would be ~50% off
