@@ -1,3 +1,3 @@
-from m2dist.cli.main import main
+from m2dist.cli.main import run
 
-raise SystemExit(main())
+run()

@@ -53,5 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The program's entry point (``m2dist``, ``python -m m2dist``): ``main``, then a quick exit with its code
+    (m2dist/cli/exit.py). An exception propagates as usual, with Python's full exit."""
+    from m2dist.cli.exit import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -11,10 +11,9 @@ import sys
 from m2dist_run import REPO, base_env
 
 SCRIPT = r"""
-import json, os, types, torch, torch.distributed as dist
-dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["PORT"], rank=0, world_size=1)
-import deepspeed.comm
-deepspeed.comm.init_distributed("gloo", auto_mpi_discovery=False)
+import json, types, torch
+from launch.distributed import init_distributed
+init_distributed("cpu")  # the trainer's: one gloo process, DeepSpeed's comm set up (its shm op not built)
 from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 from m2dist.train import zero_grad_norm
 before = DeepSpeedZeroOptimizer.get_grad_norm_direct
@@ -38,7 +37,7 @@ def test_foreach_norm_equals_deepspeeds_loop_and_the_dense_norm(tmp_path):
     from m2dist_run import free_port
 
     env = base_env(tmp_path)
-    env["PORT"] = str(free_port())
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
