@@ -72,27 +72,20 @@ def _run(tmp_path, data, rows: str) -> tuple[subprocess.CompletedProcess, dict]:
     for key in ("RESULT_NAME", "TOKENS", "STEPS", "WARMUP", "GPUS", "BUDGET_S", "TRAINER_ARGS", "KEEP_RUNS",
                 "PREP_ONLY", "RESUME_STEPS", "RESUME_RTOL", "VOCAB"):
         env.pop(key, None)
-    if rows:
-        env["ROWS"] = rows
-    else:
-        env["PREP_ONLY"] = "1"
+    env["ROWS"] = rows
     proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    if not rows:
-        return proc, {}
     result = json.loads((tmp_path / "out" / "scaling_bench.json").read_text())
     assert (tmp_path / "out" / "scaling_bench.png").stat().st_size > 0
     assert result["nccl_env"] == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
     return proc, result
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """train_bench's data, prepared once (through the script's PREP_ONLY) for both runs."""
-    root = tmp_path_factory.mktemp("scaling-data")
-    _run(root, root / "data", "")
-    return root / "data"
+@pytest.fixture
+def data(bench_data):
+    """train_bench's data at the CPU sizes, prepared once for the session (conftest.py)."""
+    return bench_data
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""benchmarks/train_bench.py on CPU with the tiny presets: it prepares its own data through the real commands, runs
+"""benchmarks/train_bench.py on CPU with the tiny presets, on data its own prep commands made (conftest.py), runs
 the trainer path and the bare loop on the same batches, and (fp32 on CPU) the two loss curves agree, so the
 benchmark compares the same learning; the JSON and the plot are written."""
 
@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_train_bench_trainer_and_bare_loop_learn_the_same(tmp_path):
-    env = dict(os.environ, DATA=str(tmp_path / "data"), OUT=str(tmp_path / "out"), ROWS="m2-gpt-tiny@128",
+def test_train_bench_trainer_and_bare_loop_learn_the_same(tmp_path, bench_data):
+    env = dict(os.environ, DATA=str(bench_data), OUT=str(tmp_path / "out"), ROWS="m2-gpt-tiny@128",
                TOKENS="512", STEPS="4", WARMUP="2", BENCH_CORPUS_CHARS="400000", BENCH_TOKENIZER_PIECES="512",
                DS_ACCELERATOR="cpu", VARIANTS="z1:deepspeed.zero_stage=1;z0:deepspeed.zero_stage=0")
     proc = subprocess.run([sys.executable, "benchmarks/train_bench.py"], cwd=REPO, env=env, capture_output=True,

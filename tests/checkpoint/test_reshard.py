@@ -1,8 +1,8 @@
 """Resuming at another parallel layout, in every direction, at every ZeRO stage (issue 15).
 
 Two CPU cores allow three layouts: TP1 x DP1 (one process), TP1 x DP2 and TP2 x DP1 (two). One job per stage walks
-a cycle through all six directed changes between them (ZeRO-2: the four single ones, see ``CYCLES``), two steps per layout, each resuming from the checkpoint the
-previous layout wrote (``trainer.resume=auto``):
+a cycle through all six directed changes between them (ZeRO-0 and ZeRO-2: the four single ones, see ``CYCLES``), two
+steps per layout, each resuming from the checkpoint the previous layout wrote (``trainer.resume=auto``):
 
     TP1xDP1 -> TP1xDP2 -> TP1xDP1 -> TP2xDP1 -> TP1xDP2 -> TP2xDP1 -> TP1xDP1
            DP 1->2   DP 2->1   TP 1->2  TP2xDP1->TP1xDP2  TP1xDP2->TP2xDP1  TP 2->1
@@ -34,10 +34,12 @@ SEGMENT_STEPS = 2
 # (name, processes, tensor parallel, data parallel)
 LAYOUTS = {"A": (1, 1, 1), "B": (2, 1, 2), "C": (2, 2, 1)}
 CYCLE = "ABACBCA"  # every directed change between the three layouts once
-# ZeRO-2 walks TP 1 -> 2 -> 1 and DP 1 -> 2 -> 1 but not the combined changes: ZeRO-1 and ZeRO-2 are one DeepSpeed
-# optimizer (stage_1_and_2) writing the same checkpoint files and converted by the same code, and ZeRO-1's chain takes
-# the combined ones (two launches less in a suite held to 20 minutes).
-CYCLES = {0: CYCLE, 1: CYCLE, 2: "ABACA", 3: CYCLE}
+# ZeRO-0 and ZeRO-2 walk TP 1 -> 2 -> 1 and DP 1 -> 2 -> 1 but not the combined changes (two launches less each, in a
+# suite held to 20 minutes). ZeRO-2: ZeRO-1 and ZeRO-2 are one DeepSpeed optimizer (stage_1_and_2) writing the same
+# checkpoint files and converted by the same code, and ZeRO-1's chain takes the combined ones. ZeRO-0: a DP change
+# needs no conversion there (no optimizer state is partitioned), so a combined change is its TP change, which the
+# chain takes both ways. ZeRO-3's chain takes the combined ones through its own partitioned files.
+CYCLES = {0: "ABACA", 1: CYCLE, 2: "ABACA", 3: CYCLE}
 STEPS = SEGMENT_STEPS * len(CYCLE)
 COMMON = ["schedule.decay=constant", f"schedule.warmup_steps={STEPS + 2}", "checkpoint.every=0"]
 RTOL = 1e-5

@@ -30,6 +30,8 @@ out = dict(patched=float(cls.get_grad_norm_direct(fake, grads, params)),
            installed=cls.get_grad_norm_direct is zero_grad_norm.foreach_grad_norm_direct,
            inf_norm=float(cls.get_grad_norm_direct(fake, grads, params, norm_type=float("inf"))))
 print(json.dumps(out))
+from launch.distributed import destroy_distributed
+destroy_distributed()  # as the trainer ends: a live gloo group aborts the interpreter's teardown
 """
 
 
