@@ -23,7 +23,8 @@ Knobs (environment): ``ROWS`` (comma list of ``preset@L``; default the ten rows 
 steps between host syncs, as the trainer's ``logging.every``: times are interval means), ``MODES`` (``trainer,bare``), ``VARIANTS`` (trainer variants:
 ``name:key=value,key=value;name2:...``; default one variant ``default`` with no overrides), ``TRAINER_ARGS``
 (overrides added to every trainer run), ``BUDGET_S`` (start no row after this many seconds), ``PROFILE`` (N: also
-profile N trainer steps and N bare steps of the first row; prints the top CUDA ops), ``RESULT_NAME``,
+profile N trainer steps and N bare steps of the first row; prints the top CUDA ops and where the GPU waits;
+``KEEP_TRACE=1`` also keeps the profiler's traces), ``RESULT_NAME``,
 ``PREP_ONLY=1`` (prepare the data and stop; works on CPU).
 
     python3 benchmarks/train_bench.py                                        # every row (~10+ min: split it)
@@ -262,7 +263,8 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
 
 def profile_table(fn, steps: int, phases=(), name: str = "steps") -> str:
     """The top CUDA ops of ``steps`` calls of ``fn``, and on a GPU where the GPU waited (``gpu_gaps``: idle time by
-    the host phase of ``phases`` that issued the next work; the trace is kept as ``<name>_trace.json.gz``)."""
+    the host phase of ``phases`` that issued the next work; ``KEEP_TRACE=1`` keeps the trace as
+    ``<name>_trace.json.gz``)."""
     import gzip
     import shutil
 
@@ -292,12 +294,14 @@ def profile_table(fn, steps: int, phases=(), name: str = "steps") -> str:
             + prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
     from common import RESULTS
 
+    os.makedirs(RESULTS, exist_ok=True)
     trace = os.path.join(RESULTS, f"{name}_trace.json")
     prof.export_chrome_trace(trace)
     with open(trace) as f:
         gaps = format_gaps(gaps_by_phase(json.load(f)), steps)
-    with open(trace, "rb") as f, gzip.open(trace + ".gz", "wb") as g:
-        shutil.copyfileobj(f, g)
+    if os.environ.get("KEEP_TRACE"):  # off by default: the device tool returns a limited number of files
+        with open(trace, "rb") as f, gzip.open(trace + ".gz", "wb") as g:
+            shutil.copyfileobj(f, g)
     os.remove(trace)
     return text + "\n" + gaps
 

@@ -20,11 +20,15 @@ pytestmark = pytest.mark.slow
 def test_train_bench_trainer_and_bare_loop_learn_the_same(tmp_path, bench_data):
     env = dict(os.environ, DATA=str(bench_data), OUT=str(tmp_path / "out"), ROWS="m2-gpt-tiny@128",
                TOKENS="512", STEPS="4", WARMUP="2", BENCH_CORPUS_CHARS="400000", BENCH_TOKENIZER_PIECES="512",
-               DS_ACCELERATOR="cpu", VARIANTS="z1:deepspeed.zero_stage=1;z0:deepspeed.zero_stage=0")
+               DS_ACCELERATOR="cpu", VARIANTS="z1:deepspeed.zero_stage=1;z0:deepspeed.zero_stage=0", PROFILE="1")
     proc = subprocess.run([sys.executable, "benchmarks/train_bench.py"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "train_bench.json").read_text())
+    # PROFILE=1: the first row's profile tables and the idle-time summary (gpu_gaps; empty on CPU) for every job.
+    for mode in ("trainer:z1", "trainer:z0", "bare"):
+        assert f"== profile: m2-gpt-tiny@128 {mode}" in proc.stdout, proc.stdout[-3000:]
+    assert proc.stdout.count("idle per step by the host phase issuing the next work") == 3
     assert (tmp_path / "out" / "train_bench.png").stat().st_size > 0
     rows = {(r["preset"], r["mode"]): r for r in result["rows"]}
     assert set(rows) == {("m2-gpt-tiny", m) for m in ("trainer:z1", "trainer:z0", "bare")}
