@@ -148,6 +148,7 @@ class LayerGraphs:
         self.eager = [layer.forward for layer in self.layers]
         self.graphs: list[_LayerGraph] = []
         self.seen = self.captured = None
+        self.params: list[torch.Tensor] = []  # every graphed layer's parameters, and where they were at capture
         self.pointers: list[int] = []
         self.replaying = False
         for i, layer in enumerate(self.layers):
@@ -163,14 +164,11 @@ class LayerGraphs:
             return _Replay.apply(graph, x, attention_mask, *graph.params)
         return forward
 
-    def _params(self) -> list[torch.Tensor]:
-        return [p for g in self.graphs for p in g.params]
-
     def _decide(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> bool:
         if not (x.is_cuda and torch.is_grad_enabled() and self.layers[0].training):
             return False
         key = _key(x, mask)
-        if key == self.captured and [p.data_ptr() for p in self._params()] == self.pointers:
+        if key == self.captured and [p.data_ptr() for p in self.params] == self.pointers:
             return True
         if key != self.seen:  # the first training forward of this input: eager, and the kernels get warm
             self.seen = key
@@ -196,4 +194,5 @@ class LayerGraphs:
         _pass(graphs, static_in, autocast, stream, pool=torch.cuda.graph_pool_handle())
         torch.cuda.current_stream().wait_stream(stream)
         self.graphs = graphs
-        self.pointers = [p.data_ptr() for p in self._params()]
+        self.params = [p for g in graphs for p in g.params]
+        self.pointers = [p.data_ptr() for p in self.params]

@@ -39,20 +39,21 @@ def apply_layer_options(model: nn.Module, cfg: Config) -> nn.Module:
     if (t.activation_checkpointing or t.compile or t.cuda_graphs) and layers is None:
         raise ValueError("activation checkpointing / compile / CUDA graphs need the model's layer list, which was "
                          "not found")
-    if cfg.trainer.activation_checkpointing:
+    if t.activation_checkpointing:
         for layer in layers:
             _checkpoint_forward(layer)
-    if cfg.trainer.compile:
+    if t.compile:
         # Per layer, as torchtitan does: the layers are identical, so one compiled graph is reused L times and a
         # graph break stays local to a layer.
         for layer in layers:
             layer.compile()
-    if cfg.trainer.cuda_graphs:
+    if t.cuda_graphs:
         import torch
 
-        if cfg.trainer.device == "cpu" or not torch.cuda.is_available():
-            raise ValueError(f"trainer.cuda_graphs=true needs a CUDA device (trainer.device={cfg.trainer.device!r}, "
-                             f"CUDA available: {torch.cuda.is_available()}); set trainer.cuda_graphs=false")
+        # trainer.device=cpu is refused at load (m2dist.config.validate); "auto" on a machine without CUDA is here.
+        if not torch.cuda.is_available():
+            raise ValueError(f"trainer.cuda_graphs=true needs a CUDA device (trainer.device={t.device!r}, none "
+                             f"available); set trainer.cuda_graphs=false")
         from m2dist.train.layer_graphs import LayerGraphs
 
         LayerGraphs(layers)

@@ -32,7 +32,19 @@ def test_quick_exit_keeps_code_threads_atexit_and_output(tmp_path):
     assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
 
 
+PROGRAM = r"""
+import os, runpy, sys
+import m2dist.cli.exit as quick
+quick.exit_process = lambda code: (print("quick exit", code, flush=True), os._exit(code))
+sys.argv = ["m2dist", "train", "--config", "/nonexistent.yaml"]
+runpy.run_module("m2dist", run_name="__main__")
+"""
+
+
 def test_the_program_exits_through_it_with_the_commands_code():
-    proc = subprocess.run([sys.executable, "-m", "m2dist", "train", "--config", "/nonexistent.yaml"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    # python -m m2dist (what torchrun and srun start) ends through exit_process, with the command's code.
+    proc = subprocess.run([sys.executable, "-c", PROGRAM], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "config file not found: /nonexistent.yaml" in proc.stderr
+    assert proc.stdout.strip() == "quick exit 2", proc.stdout
+    # The installed `m2dist` script: the same entry point.
+    assert 'm2dist = "m2dist.cli.main:run"' in (REPO / "pyproject.toml").read_text()

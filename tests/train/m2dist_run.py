@@ -85,7 +85,7 @@ def run_train(config: str, overrides: list[str], nproc: int, tmp: Path, timeout:
               extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """A training run to its end. Two or more ranks are started directly, with the environment torchrun would give
     them (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT): the same multi-process job without the launcher's own
-    process, which costs a torch import and a teardown per launch (~1.5 s on 2 cores, many launches a suite). The
+    process, which costs a torch import and a teardown per launch (~1-2 s on 2 cores, many launches a suite). The
     torchrun path itself is run by the tests that start jobs (``start_train``), the quickstart and Slurm."""
     env = base_env(tmp)
     env.update(extra_env or {})

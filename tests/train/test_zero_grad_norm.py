@@ -28,7 +28,8 @@ out = dict(patched=float(cls.get_grad_norm_direct(fake, grads, params)),
            original=float(before(fake, grads, params)),
            dense=float(torch.cat([x.flatten().double() for x in grads]).norm()),
            installed=cls.get_grad_norm_direct is zero_grad_norm.foreach_grad_norm_direct,
-           inf_norm=float(cls.get_grad_norm_direct(fake, grads, params, norm_type=float("inf"))))
+           inf_norm=float(cls.get_grad_norm_direct(fake, grads, params, norm_type=float("inf"))),
+           dense_inf=float(max(x.abs().max() for x in grads)))
 print(json.dumps(out))
 from launch.distributed import destroy_distributed
 destroy_distributed()  # as the trainer ends: a live gloo group aborts the interpreter's teardown
@@ -47,4 +48,4 @@ def test_foreach_norm_equals_deepspeeds_loop_and_the_dense_norm(tmp_path):
     assert got["installed"]
     for key in ("patched", "original"):
         assert abs(got[key] - got["dense"]) <= 1e-6 * got["dense"], got
-    assert got["inf_norm"] == max(abs(got["inf_norm"]), 0) and got["inf_norm"] > 0  # other norms: DeepSpeed's own
+    assert abs(got["inf_norm"] - got["dense_inf"]) <= 1e-6 * got["dense_inf"], got  # other norms: DeepSpeed's own
