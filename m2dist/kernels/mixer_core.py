@@ -20,16 +20,17 @@ transposes and the zero padding are fused into one pass before and one pass afte
             cuFFT: P = fft(X as n/2 complex pairs); one Triton pass: Q = pack(unpack(P) * K); C = ifft(Q)
                    (K: the two filters' spectra; every real FFT of size n runs as a complex one of size n/2)
             B: C, z, u -> y (B, L, H), and g1 (saved for backward)
-  backward  C: dy, z, g1 -> Gin (S, B, H, n) = [dy * x2, dy], dD1, dD2 partial sums
-            cuFFT: GP = fft(Gin as pairs); one Triton pass: dK = sum_b GX * conj(X), GP = pack(GX * conj(K)) with
+  backward  C: dy, z, u, g1 -> Gin (S, B, H, n) = [dy * x2, dy], dD1, dD2 partial sums, and X again (as A)
+            cuFFT: GP, P = fft([Gin, X] as pairs); one Triton pass: dK = sum_b GX * conj(X), GP = pack(GX * conj(K)) with
                    GX, X unpacked from GP, P; dk = irfft(dK);
                    dX = ifft(GP)
             D: dX, dy, g1, z -> gz (B, L, 3H), the gradient at the short conv's outputs;
             E: gz, z -> dz (B, L, 3H) through the short conv's transpose, the conv weight/bias gradients
                (accumulated in registers over a run of token tiles), and du
 
-The half-size spectrum P of the forward is saved (not recomputed) for the filter gradient. Everything inside is fp32;
-z, u and dy may be bf16 (they are under autocast). Only the 3-tap short conv is fused (the paper's and every
+The filter gradient needs the forward's half-size spectrum P: backward recomputes it (pass C writes X beside Gin,
+and one batched cuFFT call transforms both) rather than keeping (S, B, H, n) fp32 per layer alive
+between the passes. Everything inside is fp32; z, u and dy may be bf16 (they are under autocast). Only the 3-tap short conv is fused (the paper's and every
 preset's size); other sizes take the per-op-kernel path (``m2dist.kernels.modules.FusedMixerCore`` decides).
 """
 from __future__ import annotations
@@ -118,10 +119,11 @@ if HAVE_TRITON:
 
     @triton.jit
     def _bwd_pre(dy_ptr, z_ptr, u_ptr, keep_ptr, cw_ptr, cb_ptr, gin_ptr, part_ptr,
-                 L, H, n, s_zb, s_zt, s_ub, s_ut, s_xs, s_xb,
+                 L, H, n, s_zb, s_zt, s_ub, s_ut, s_xs, s_xb, x_off,
                  HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
-        """Gin = [dy * x2, dy] channel-major and zero-padded; per-program partial sums of dD1 = sum dy*x2*w and
-        dD2 = sum dy*u at part[program row, 0|1, h]."""
+        """Gin = [dy * x2, dy] channel-major and zero-padded, and x_off elements after it the forward's X = [w, u]
+        (what _fwd_pre wrote, recomputed from z and u instead of saved); per-program partial sums of
+        dD1 = sum dy*x2*w and dD2 = sum dy*u at part[program row, 0|1, h]."""
         b = tl.program_id(0).to(tl.int64)
         pt = tl.program_id(1)
         t = pt * BT + tl.arange(0, BT)
@@ -134,11 +136,13 @@ if HAVE_TRITON:
         dst = gin_ptr + b * s_xb + h[None, :] * n + t[:, None]
         tl.store(dst, dc1, mask=store_ok)
         w = _gated_w(z_ptr, b * s_zb, cw_ptr, cb_ptr, keep_ptr, b, t, h, L, H, s_zt, HAS_MASK)
+        tl.store(dst + x_off, w, mask=store_ok)
         row = (b * tl.num_programs(1) + pt) * 2 * H
         tl.store(part_ptr + row + h, tl.sum(dc1 * w, axis=0), mask=hm)
         if HAS_RES:
             tl.store(dst + s_xs, dy, mask=store_ok)
             u = _load_tile(u_ptr + b * s_ub, t, h, L, H, s_ut)
+            tl.store(dst + x_off + s_xs, u, mask=store_ok)
             tl.store(part_ptr + row + H + h, tl.sum(dy * u, axis=0), mask=hm)
 
     @triton.jit
@@ -420,9 +424,9 @@ def _geometry(z, u, keep, conv_w):
 def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: torch.Tensor,
                    k1f: torch.Tensor, k1r: Optional[torch.Tensor], d1: torch.Tensor, k2f: Optional[torch.Tensor],
                    k2r: Optional[torch.Tensor], d2: Optional[torch.Tensor], keep: Optional[torch.Tensor]
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns y (B, L, H) and what backward needs: g1 (B, L, H), the inputs' half-size spectrum P (S, B, H, n//2)
-    and the filters' spectrum K (S, 1, H, n//2+1)."""
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns y (B, L, H) and what backward needs besides the inputs: g1 (B, L, H) and the filters' spectrum
+    K (S, 1, H, n//2+1)."""
     z = z.contiguous()
     B, L, H3, H, has_res, S, n, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
     with torch.autocast(z.device.type, enabled=False):
@@ -436,13 +440,14 @@ def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
         P = _rfft(X)
         del X
         C = _irfft(_spectral_forward(P, K))
+        del P
         y = torch.empty(B, L, H, device=z.device, dtype=z.dtype)
         g1 = torch.empty_like(y)
         grid = (B, triton.cdiv(L, BT), triton.cdiv(H, BH))
         _fwd_post[grid](C, z, u_t, keep_t, cw, conv_b, d1, d2 if has_res else d1, y, g1,
                         L, H, n, z.stride(0), z.stride(1), s_ub, s_ut, C.stride(0), C.stride(1),
                         HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH, num_warps=PASS_WARPS)
-    return y, g1, P, K
+    return y, g1, K
 
 
 @_mixer_core_op.register_fake
@@ -450,31 +455,34 @@ def _(z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep):
     B, L, H3 = z.shape
     S, N2 = (2 if u is not None else 1), fft_size(L) // 2
     y = z.new_empty(B, L, H3 // 3)
-    spec = dict(device=z.device, dtype=torch.complex64)
-    return y, torch.empty_like(y), torch.empty(S, B, H3 // 3, N2, **spec), torch.empty(S, 1, H3 // 3, N2 + 1, **spec)
+    return y, torch.empty_like(y), torch.empty(S, 1, H3 // 3, N2 + 1, device=z.device, dtype=torch.complex64)
 
 
 @torch.library.custom_op("m2dist::mixer_core_backward", mutates_args=())
 def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch.Tensor], keep: Optional[torch.Tensor],
                             conv_w: torch.Tensor, conv_b: torch.Tensor, d1: torch.Tensor, d2: Optional[torch.Tensor],
-                            g1: torch.Tensor, P: torch.Tensor, K: torch.Tensor) -> list[torch.Tensor]:
+                            g1: torch.Tensor, K: torch.Tensor) -> list[torch.Tensor]:
     """[dz, du, dconv_w, dconv_b, dkappa (S, H, n), dD (2, H)]; du is empty without the residual conv."""
     dy = dy.contiguous()
     B, L, H3, H, has_res, S, n, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
     with torch.autocast(z.device.type, enabled=False):
-        gin = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
+        # Gin's S slots, then the forward's X recomputed (S slots): one pass writes both, one batched FFT
+        # transforms both. Saving the forward's spectrum P instead would keep (S, B, H, n) fp32 per layer alive
+        # from forward to backward (~268 MB per M2-GPT-360M layer at L=2048, B=16).
+        gin_x = torch.empty(2 * S, B, H, n, device=z.device, dtype=torch.float32)
         nt = triton.cdiv(n, BT)
         part_d = torch.empty(B * nt, 2, H, device=z.device, dtype=torch.float32)
         _bwd_pre[(B, nt, triton.cdiv(H, BH))](
-            dy, z, u_t, keep_t, cw, conv_b, gin, part_d, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
-            gin.stride(0), gin.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH,
-            num_warps=PASS_WARPS)
+            dy, z, u_t, keep_t, cw, conv_b, gin_x, part_d, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
+            gin_x.stride(0), gin_x.stride(1), S * gin_x.stride(0), HAS_RES=has_res, HAS_MASK=keep is not None,
+            BT=BT, BH=BH, num_warps=PASS_WARPS)
         dD = part_d.sum(0)
-        GP = _rfft(gin)
-        del gin
+        spectra = _rfft(gin_x)
+        del gin_x
+        GP, P = spectra[:S], spectra[S:]
         dkappa = torch.fft.irfft(_spectral_backward(GP, P, K), n=n)  # (S, H, n): the filters' gradients
         dX = _irfft(GP)
-        del GP
+        del GP, P, spectra
         dz = torch.empty_like(z)
         du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if has_res else z.new_empty(0)
         ntl = triton.cdiv(L, BT)
@@ -497,9 +505,9 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
 
 
 @_mixer_core_backward_op.register_fake
-def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, P, K):
+def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, K):
     B, L, H3 = z.shape
-    H, S, n = H3 // 3, P.shape[0], fft_size(L)
+    H, S, n = H3 // 3, K.shape[0], fft_size(L)
     du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if u is not None else z.new_empty(0)
     f32 = dict(device=z.device, dtype=torch.float32)
     return [torch.empty_like(z), du, torch.empty_like(conv_w), torch.empty_like(conv_b), torch.empty(S, H, n, **f32),
@@ -508,15 +516,15 @@ def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, P, K):
 
 def _setup_context(ctx, inputs, output):
     z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep = inputs
-    _, g1, P, K = output
-    ctx.save_for_backward(z, u, keep, conv_w, conv_b, d1, d2, g1, P, K)
+    _, g1, K = output
+    ctx.save_for_backward(z, u, keep, conv_w, conv_b, d1, d2, g1, K)
     ctx.meta = (k1r is not None, k1f.dtype, k2r is not None, None if k2f is None else k2f.dtype)
 
 
-def _backward(ctx, dy, _dg1, _dF, _dK):
-    z, u, keep, conv_w, conv_b, d1, d2, g1, P, K = ctx.saved_tensors
+def _backward(ctx, dy, _dg1, _dK):
+    z, u, keep, conv_w, conv_b, d1, d2, g1, K = ctx.saved_tensors
     bidir1, k1_dtype, bidir2, k2_dtype = ctx.meta
-    dz, du, dconv_w, dconv_b, dkappa, dD = _mixer_core_backward_op(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, P, K)
+    dz, du, dconv_w, dconv_b, dkappa, dD = _mixer_core_backward_op(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, K)
     L = z.shape[1]
 
     def filter_grads(s, bidir, dtype):
