@@ -12,6 +12,16 @@ each such module, in place, for its kernel-backed subclass in ``m2dist.kernels.m
     MixerCore                 FusedMixerCore (whole core fused), or            M2DIST_KERNELS=0
                               LongConvKernelCore with M2DIST_FUSED=0 (per-op long-conv kernel only;
                               M2DIST_LONGCONV=fft | monarch picks it)
+    nn.LayerNorm feeding a    FusedLayerNorm                                   M2DIST_KERNELS=0, M2DIST_FUSED=0
+    matmul (below)
+
+LayerNorms are not parameter-free, but the swap is the same in-place class change (``FusedLayerNorm`` subclasses
+``nn.LayerNorm``: same parameters, same state-dict names). It applies only where the norm's output goes straight
+into matmuls, because the kernel writes that output in the autocast dtype the matmul would cast it to, and only the
+matmul may see it: a pre-norm block's two norms (the first one only before attention, or before an M2 mixer without
+a residual long convolution, which would convolve the normalized input itself), an M2 mixer's own pre-norm (same
+condition), the final norm before a language model's head and the masked-LM head's norm. Post-norm outputs (BERT's,
+M2-BERT's) are the residual stream itself and keep the reference.
 
 Why these modules and not the layers: they hold no parameters, so state-dict names are unchanged, and whatever
 rewrites the layers around them -- tensor parallelism sharding a layer's parameters and swapping its class or
@@ -33,8 +43,13 @@ from typing import Mapping, Optional
 from torch import nn
 
 from m2dist.kernels import modules as km
-from m2dist.models.monarch_mlp import GeluGLU
-from m2dist.models.sequence_mixer import MixerCore
+from m2dist.models.attention import SelfAttention
+from m2dist.models.bert import MaskedLMHead
+from m2dist.models.blocks import PreNormBlock
+from m2dist.models.dense_mlp import DenseMLP
+from m2dist.models.gpt import CausalLM
+from m2dist.models.monarch_mlp import GeluGLU, MonarchGLU
+from m2dist.models.sequence_mixer import M2SequenceMixer, MixerCore
 from m2dist.monarch.blockdiag import BlockDiagonalProduct
 from m2dist.monarch.monarch_linear import MonarchProduct
 
@@ -81,6 +96,27 @@ def _swap(module: nn.Module, choice: KernelChoice) -> None:
         module.long_conv_kernel = choice.long_conv
 
 
+def _feeds_matmul_only(mixer_or_mlp: nn.Module) -> bool:
+    """The module's input goes only into its first matmul (an input projection)."""
+    if isinstance(mixer_or_mlp, M2SequenceMixer):
+        return mixer_or_mlp.norm is None and mixer_or_mlp.residual_filter is None
+    return isinstance(mixer_or_mlp, (SelfAttention, DenseMLP, MonarchGLU))
+
+
+def norms_feeding_matmuls(model: nn.Module) -> list[nn.LayerNorm]:
+    """The LayerNorms whose output only matmuls read (the table in the module docstring)."""
+    found = []
+    for module in model.modules():
+        if isinstance(module, PreNormBlock):
+            found += [norm for norm, consumer in ((module.norm1, module.mixer), (module.norm2, module.mlp))
+                      if _feeds_matmul_only(consumer)]
+        elif isinstance(module, M2SequenceMixer) and module.norm is not None and module.residual_filter is None:
+            found.append(module.norm)
+        elif isinstance(module, (CausalLM, MaskedLMHead)):
+            found.append(module.norm)
+    return [norm for norm in found if type(norm) is nn.LayerNorm]
+
+
 def accelerate(model: nn.Module, choice: Optional[KernelChoice] = None) -> nn.Module:
     """Swap the fused kernels into ``model`` (in place; returns it). ``choice`` defaults to
     ``KernelChoice.from_env()``. Call it once the model is built, before or after tensor parallelism and before
@@ -89,4 +125,7 @@ def accelerate(model: nn.Module, choice: Optional[KernelChoice] = None) -> nn.Mo
     if choice.enabled:
         for module in model.modules():
             _swap(module, choice)
+        if choice.fused:
+            for norm in norms_feeding_matmuls(model):
+                norm.__class__ = km.FusedLayerNorm
     return model

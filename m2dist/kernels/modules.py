@@ -11,6 +11,7 @@ shows up: importing triton fixes its interpreter mode for the process, and the C
     models.monarch_mlp.GeluGLU                 FusedGeluGLU               glu.gelu_glu
     models.sequence_mixer.MixerCore            LongConvKernelCore         ops.mixer_core's body, fused long convs
                                                FusedMixerCore             mixer_core.fused_mixer_core (whole core)
+    torch.nn.LayerNorm (feeding a matmul)      FusedLayerNorm             layer_norm.layer_norm (output in bf16)
 
 On CPU the kernels can still be run through Triton's interpreter; the tests force ``_on_gpu`` to do so.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import nn
 
 from m2dist.models.monarch_mlp import GeluGLU
 from m2dist.models.sequence_mixer import MixerCore
@@ -143,3 +145,24 @@ class FusedMixerCore(LongConvKernelCore):
                 k2f, k2r, d2 = residual_filt if residual_filt is not None else (None, None, None)
                 return fused_mixer_core(z, u, conv_weight, conv_bias, *filt, k2f, k2r, d2, keep)
         return super().forward(z, u, conv_weight, conv_bias, filt, residual_filt, keep)
+
+
+class FusedLayerNorm(nn.LayerNorm):
+    """A LayerNorm whose output only feeds matmuls (``accelerate`` picks which): under CUDA autocast it writes its
+    output in the autocast dtype, the dtype the next matmul casts it to anyway, in one pass each way
+    (``m2dist.kernels.layer_norm``); with bf16/fp16 inputs outside autocast, in the input's dtype. Statistics are
+    fp32 either way, as ``F.layer_norm`` under autocast. Elsewhere (CPU, fp32 without autocast, no affine
+    parameters, a normalized shape over more than the last dimension) the reference forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (_on_gpu(x) and self.weight is not None and self.bias is not None
+                and len(self.normalized_shape) == 1):
+            if torch.is_autocast_enabled("cuda"):
+                out_dtype = torch.get_autocast_dtype("cuda")
+            else:
+                out_dtype = x.dtype
+            if out_dtype in (torch.bfloat16, torch.float16):
+                from m2dist.kernels.layer_norm import layer_norm
+
+                return layer_norm(x, self.weight, self.bias, self.eps, out_dtype)
+        return super().forward(x)

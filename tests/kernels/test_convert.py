@@ -34,6 +34,16 @@ def _expected_swaps(choice: KernelChoice) -> dict:
     return swaps
 
 
+def _expected_fused_norms(name: str, model, choice: KernelChoice) -> set:
+    """The LayerNorms whose output only a matmul reads, by module name, written out per preset: pre-norm blocks'
+    two norms (the tiny M2-GPT/ViT mixers have no residual long conv), the LM's final norm, the MLM head's norm."""
+    if not (choice.enabled and choice.fused):
+        return set()
+    blocks = {f"blocks.{i}.norm{j}" for i in range(len(getattr(model, "blocks", []))) for j in (1, 2)}
+    return {"m2-gpt-tiny": blocks | {"norm"}, "gpt-tiny": blocks | {"norm"}, "m2-vit-tiny": blocks,
+            "bert-tiny": {"head.norm"}, "m2-bert-tiny": {"head.norm"}}[name]
+
+
 CHOICES = [KernelChoice(), KernelChoice(fused=False), KernelChoice(monarch="einsum"),
            KernelChoice(enabled=False), KernelChoice(monarch="kernel", long_conv="monarch")]
 
@@ -46,15 +56,21 @@ def test_swaps_exactly_the_compute_modules(name, overrides, choice):
     state = {k: v for k, v in model.state_dict(keep_vars=True).items()}
     assert accelerate(model, choice) is model
     swaps = _expected_swaps(choice)
+    norms = _expected_fused_norms(name, model, choice)
+
+    def expected(n, cls):
+        return modules.FusedLayerNorm if n in norms else swaps.get(cls, cls)
+
     after = dict(model.named_modules())
     assert after.keys() == before.keys()
     swapped = 0
     for n, (m, cls) in before.items():
         assert after[n] is m  # the same objects: swapped in place
-        assert type(m) is swaps.get(cls, cls), n
+        assert type(m) is expected(n, cls), n
         assert isinstance(m, cls)
         swapped += cls in swaps
     assert swapped == sum(type(m) in swaps.values() for m in model.modules())
+    assert {n for n, m in model.named_modules() if isinstance(m, modules.FusedLayerNorm)} == norms
     if choice.enabled and name.startswith("m2"):
         assert swapped > 0
     new_state = model.state_dict(keep_vars=True)
@@ -65,7 +81,20 @@ def test_swaps_exactly_the_compute_modules(name, overrides, choice):
         if isinstance(m, modules.LongConvKernelCore):
             assert m.long_conv_kernel == choice.long_conv
     accelerate(model, choice)  # a second pass changes nothing
-    assert {n: type(m) for n, m in model.named_modules()} == {n: swaps.get(c, c) for n, (_, c) in before.items()}
+    assert {n: type(m) for n, m in model.named_modules()} == {n: expected(n, c) for n, (_, c) in before.items()}
+
+
+def test_norms_before_a_residual_long_conv_keep_the_reference():
+    """An M2 mixer with a residual long conv convolves its normalized input itself: the norm before it stays."""
+    from m2dist.models.blocks import PreNormBlock
+
+    block = PreNormBlock(M2SequenceMixer(8, 16, causal=True, filter_order=4, residual_long_conv=True),
+                         MonarchGLU(8, 16, nblocks=2), 8, 1e-5)
+    own = M2SequenceMixer(8, 16, causal=True, filter_order=4, residual_long_conv=False, pre_norm=True)
+    accelerate(block, KernelChoice())
+    accelerate(own, KernelChoice())
+    assert type(block.norm1) is nn.LayerNorm and type(block.norm2) is modules.FusedLayerNorm
+    assert type(own.norm) is modules.FusedLayerNorm
 
 
 def test_choice_from_env():
