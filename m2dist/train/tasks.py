@@ -39,7 +39,11 @@ def forward(engine, batch: dict, task: str, dtype: torch.dtype, device) -> tuple
     if task == "image":
         logits = engine(to_device(batch[IMAGES], device, dtype))
     else:
-        mask = batch.get(ATTENTION_MASK)
+        # A causal model gets no padding mask: the reader pads on the right (m2dist.data.samples), so no real
+        # position can see a pad, and pads' labels are ignored. An all-ones mask of packed data would cost M2-GPT
+        # two full-size masking products per layer each way (~50 ms of a 360M step at L=2048, benchmarks/NOTES.md
+        # attempt 20) and the Transformer SDPA's flash kernel.
+        mask = batch.get(ATTENTION_MASK) if task != "causal_lm" else None
         ids = to_device(batch[INPUT_IDS], device)
         logits = engine(ids, to_device(mask, device)) if mask is not None else engine(ids)
     return logits, labels
