@@ -10,7 +10,7 @@ from torch import nn
 from m2dist.kernels import KernelChoice, accelerate, modules
 from m2dist.kernels import block_diagonal, fft_conv, glu, mixer_core, monarch_matmul
 from m2dist.models import from_preset
-from m2dist.models.blocks import M2BertLayer
+from m2dist.models.blocks import M2BertLayer, PreNormBlock
 from m2dist.models.monarch_mlp import GeluGLU, MonarchGLU
 from m2dist.models.sequence_mixer import M2SequenceMixer, MixerCore
 from m2dist.monarch import BlockDiagonalLinear, MonarchLinear
@@ -86,8 +86,6 @@ def test_swaps_exactly_the_compute_modules(name, overrides, choice):
 
 def test_norms_before_a_residual_long_conv_keep_the_reference():
     """An M2 mixer with a residual long conv convolves its normalized input itself: the norm before it stays."""
-    from m2dist.models.blocks import PreNormBlock
-
     block = PreNormBlock(M2SequenceMixer(8, 16, causal=True, filter_order=4, residual_long_conv=True),
                          MonarchGLU(8, 16, nblocks=2), 8, 1e-5)
     own = M2SequenceMixer(8, 16, causal=True, filter_order=4, residual_long_conv=False, pre_norm=True)

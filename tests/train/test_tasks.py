@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from m2dist.data.contract import ATTENTION_MASK, IGNORE_INDEX, INPUT_IDS, LABELS
+from m2dist.data.contract import ATTENTION_MASK, IGNORE_INDEX, INPUT_IDS
 from m2dist.data.samples import causal_lm_example, collate_samples, mlm_example
 from m2dist.models import from_preset
 from m2dist.train.tasks import forward
