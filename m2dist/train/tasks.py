@@ -44,6 +44,11 @@ def forward(engine, batch: dict, task: str, dtype: torch.dtype, device) -> tuple
         # two full-size masking products per layer each way (~50 ms of a 360M step at L=2048, benchmarks/NOTES.md
         # attempt 20) and the Transformer SDPA's flash kernel.
         mask = batch.get(ATTENTION_MASK) if task != "causal_lm" else None
+        # A bidirectional model needs the mask only where a sample is padded. Packed data has none, and an all-ones
+        # mask costs the same as a real one (M2's masking products and SDPA's non-flash kernel), so it is dropped;
+        # checked on the host copy the loader made, which needs no device sync.
+        if mask is not None and not mask.is_cuda and bool(mask.all()):
+            mask = None
         ids = to_device(batch[INPUT_IDS], device)
         logits = engine(ids, to_device(mask, device)) if mask is not None else engine(ids)
     return logits, labels

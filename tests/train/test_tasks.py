@@ -41,10 +41,28 @@ def test_causal_lm_without_the_mask_gives_the_masked_logits(name):
     assert ((logits[read] - masked[read]).abs().max() / scale).item() < 1e-5
 
 
-def test_mlm_passes_the_mask():
+def _mlm_batch(lengths):
+    samples = [mlm_example(np.arange(5, 5 + n), 32, pad_id=0, mask_id=4, vocab_size=512, special_ids=(0, 1, 2, 3, 4),
+                           probability=0.15, seed=0, epoch=0, sample_id=i) for i, n in enumerate(lengths)]
+    return collate_samples(samples)
+
+
+def test_mlm_passes_the_mask_of_a_padded_batch():
     torch.manual_seed(0)
     model = _Spy(from_preset("m2-bert-tiny", dropout=0.0).eval())
-    samples = [mlm_example(np.arange(5, 5 + n), 32, pad_id=0, mask_id=4, vocab_size=512, special_ids=(0, 1, 2, 3, 4),
-                           probability=0.15, seed=0, epoch=0, sample_id=i) for i, n in enumerate((32, 11))]
-    forward(model, collate_samples(samples), "mlm", torch.float32, "cpu")
+    forward(model, _mlm_batch((32, 11)), "mlm", torch.float32, "cpu")
     assert model.calls == [2]  # input_ids and attention_mask: a bidirectional model would see the pads
+
+
+@pytest.mark.parametrize("name", ["m2-bert-tiny", "bert-tiny"])
+def test_mlm_drops_the_all_ones_mask_of_a_packed_batch(name):
+    torch.manual_seed(0)
+    model = _Spy(from_preset(name, dropout=0.0).eval())
+    batch = _mlm_batch((32, 32))
+    assert batch[ATTENTION_MASK].bool().all()
+    logits, _ = forward(model, batch, "mlm", torch.float32, "cpu")
+    assert model.calls == [1]
+    with torch.no_grad():
+        masked = model.model(batch[INPUT_IDS], batch[ATTENTION_MASK])
+    scale = masked.abs().max()
+    assert ((logits - masked).abs().max() / scale).item() < 1e-5
