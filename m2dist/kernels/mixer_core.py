@@ -28,6 +28,10 @@ transposes and the zero padding are fused into one pass before and one pass afte
             E: gz, z -> dz (B, L, 3H) through the short conv's transpose, the conv weight/bias gradients
                (accumulated in registers over a run of token tiles), and du
 
+Up to ``DIRECT_MAX_LEN`` the cuFFT section of each direction is replaced by batched GEMMs with each channel's
+Toeplitz matrix (C = X T, dX = Gin T^T, dkappa = the diagonal sums of X^T Gin), the passes around it unchanged but
+for their buffers' layout: (S, H, B, L), unpadded, instead of (S, B, H, n).
+
 The filter gradient needs the forward's half-size spectrum P: backward recomputes it (pass C writes X beside Gin,
 and one batched cuFFT call transforms both) rather than keeping (S, B, H, n) fp32 per layer alive
 between the passes. Everything inside is fp32; z, u and dy may be bf16 (they are under autocast). Only the 3-tap short conv is fused (the paper's and every
@@ -81,13 +85,13 @@ if HAVE_TRITON:
 
     @triton.jit
     def _fwd_pre(z_ptr, u_ptr, keep_ptr, cw_ptr, cb_ptr, x_ptr,
-                 L, H, n, s_zb, s_zt, s_ub, s_ut, s_xs, s_xb,
+                 L, H, n, s_zb, s_zt, s_ub, s_ut, s_xs, s_xb, s_xh,
                  HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
-        t = tl.program_id(1) * BT + tl.arange(0, BT)  # over the padded length n: [L, n) is written as zeros
+        t = tl.program_id(1) * BT + tl.arange(0, BT)  # over the buffer's length n: [L, n) is written as zeros
         h = tl.program_id(2) * BH + tl.arange(0, BH)
         store_ok = (t < n)[:, None] & (h < H)[None, :]
-        dst = x_ptr + b * s_xb + h[None, :] * n + t[:, None]  # channel-major (S, B, H, n)
+        dst = x_ptr + b * s_xb + h[None, :] * s_xh + t[:, None]  # channel-major, time innermost
         w = _gated_w(z_ptr, b * s_zb, cw_ptr, cb_ptr, keep_ptr, b, t, h, L, H, s_zt, HAS_MASK)
         tl.store(dst, w, mask=store_ok)
         if HAS_RES:
@@ -96,14 +100,14 @@ if HAVE_TRITON:
 
     @triton.jit
     def _fwd_post(c_ptr, z_ptr, u_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, d2_ptr, y_ptr, g1_ptr,
-                  L, H, n, s_zb, s_zt, s_ub, s_ut, s_cs, s_cb,
+                  L, H, s_zb, s_zt, s_ub, s_ut, s_cs, s_cb, s_ch,
                   HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         t = tl.program_id(1) * BT + tl.arange(0, BT)
         h = tl.program_id(2) * BH + tl.arange(0, BH)
         hm = h < H
         ok = (t < L)[:, None] & hm[None, :]
-        src = c_ptr + b * s_cb + h[None, :] * n + t[:, None]
+        src = c_ptr + b * s_cb + h[None, :] * s_ch + t[:, None]
         w = _gated_w(z_ptr, b * s_zb, cw_ptr, cb_ptr, keep_ptr, b, t, h, L, H, s_zt, HAS_MASK)
         d1 = tl.load(d1_ptr + h, mask=hm, other=0.0).to(tl.float32)
         g1 = tl.load(src, mask=ok, other=0.0) + d1[None, :] * w
@@ -119,7 +123,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _bwd_pre(dy_ptr, z_ptr, u_ptr, keep_ptr, cw_ptr, cb_ptr, gin_ptr, part_ptr,
-                 L, H, n, s_zb, s_zt, s_ub, s_ut, s_xs, s_xb, x_off,
+                 L, H, n, s_zb, s_zt, s_ub, s_ut, s_xs, s_xb, s_xh, x_off,
                  HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
         """Gin = [dy * x2, dy] channel-major and zero-padded, and x_off elements after it the forward's X = [w, u]
         (what _fwd_pre wrote, recomputed from z and u instead of saved); per-program partial sums of
@@ -133,7 +137,7 @@ if HAVE_TRITON:
         dy = _load_tile(dy_ptr + b * L * H, t, h, L, H, H)
         x2 = _short_conv(z_ptr, b * s_zb, cw_ptr, cb_ptr, 1, t, h, L, H, s_zt)
         dc1 = dy * x2  # zero outside [0, L) through dy
-        dst = gin_ptr + b * s_xb + h[None, :] * n + t[:, None]
+        dst = gin_ptr + b * s_xb + h[None, :] * s_xh + t[:, None]
         tl.store(dst, dc1, mask=store_ok)
         w = _gated_w(z_ptr, b * s_zb, cw_ptr, cb_ptr, keep_ptr, b, t, h, L, H, s_zt, HAS_MASK)
         tl.store(dst + x_off, w, mask=store_ok)
@@ -146,7 +150,7 @@ if HAVE_TRITON:
             tl.store(part_ptr + row + H + h, tl.sum(dy * u, axis=0), mask=hm)
 
     @triton.jit
-    def _slot_grads(dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc, t, h, L, H, n, s_zt,
+    def _slot_grads(dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, zb, xsrc, t, h, L, H, s_xh, s_zt,
                     HAS_MASK: tl.constexpr):
         """Gradients at the short conv's outputs (positions t) for the three slots x1, x2, v."""
         hm = h < H
@@ -155,7 +159,7 @@ if HAVE_TRITON:
         dy = _load_tile(dy_ptr + b * L * H, t, h, L, H, H)
         d1 = tl.load(d1_ptr + h, mask=hm, other=0.0).to(tl.float32)
         x2 = _short_conv(z_ptr, zb, cw_ptr, cb_ptr, 1, t, h, L, H, s_zt)
-        dw = tl.load(xsrc + h[None, :] * n + t[:, None], mask=ok, other=0.0) + d1[None, :] * dy * x2
+        dw = tl.load(xsrc + h[None, :] * s_xh + t[:, None], mask=ok, other=0.0) + d1[None, :] * dy * x2
         if HAS_MASK:
             dw *= tl.load(keep_ptr + b * L + t, mask=inside, other=0.0).to(tl.float32)[:, None]
         x1 = _short_conv(z_ptr, zb, cw_ptr, cb_ptr, 0, t, h, L, H, s_zt)
@@ -167,7 +171,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _bwd_gates(dx_ptr, dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, gz_ptr,
-                   L, H, n, s_zb, s_zt, s_xb,
+                   L, H, s_zb, s_zt, s_xb, s_xh,
                    HAS_MASK: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
         """gz (B, L, 3H) fp32 = the gradient at the short conv's outputs (x1 | x2 | v)."""
         b = tl.program_id(0).to(tl.int64)
@@ -175,7 +179,7 @@ if HAVE_TRITON:
         h = tl.program_id(2) * BH + tl.arange(0, BH)
         ok = (t < L)[:, None] & (h < H)[None, :]
         g_a, g_b, g_c = _slot_grads(dy_ptr, g1_ptr, z_ptr, keep_ptr, cw_ptr, cb_ptr, d1_ptr, b, b * s_zb,
-                                    dx_ptr + b * s_xb, t, h, L, H, n, s_zt, HAS_MASK)
+                                    dx_ptr + b * s_xb, t, h, L, H, s_xh, s_zt, HAS_MASK)
         dst = gz_ptr + b * L * 3 * H + t[:, None] * 3 * H + h[None, :]
         tl.store(dst, g_a, mask=ok)
         tl.store(dst + H, g_b, mask=ok)
@@ -183,7 +187,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _bwd_conv(gz_ptr, z_ptr, dx_ptr, dy_ptr, cw_ptr, d2_ptr, dz_ptr, du_ptr, part_ptr,
-                  L, H3, H, n, s_zb, s_zt, s_xs, s_xb, TILES,
+                  L, H3, H, s_zb, s_zt, s_xs, s_xb, s_xh, TILES,
                   HAS_RES: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
         """Over TILES consecutive token tiles of one sequence and BH of the 3H channels:
         dz[s, c] = sum_j W[c, j] * gz[s + 2 - j, c] (the short conv's transpose); the weight and bias gradients'
@@ -218,7 +222,7 @@ if HAVE_TRITON:
                     okh = (s < L)[:, None] & hm[None, :]
                     dy = _load_tile(dy_ptr + b * L * H, s, c, L, H, H)
                     d2 = tl.load(d2_ptr + c, mask=hm, other=0.0).to(tl.float32)
-                    du = tl.load(dx_ptr + s_xs + b * s_xb + c[None, :] * n + s[:, None], mask=okh, other=0.0)
+                    du = tl.load(dx_ptr + s_xs + b * s_xb + c[None, :] * s_xh + s[:, None], mask=okh, other=0.0)
                     du += d2[None, :] * dy
                     tl.store(du_ptr + b * L * H + s[:, None] * H + c[None, :], du.to(du_ptr.dtype.element_ty),
                              mask=okh)
@@ -397,23 +401,80 @@ def _spectral_backward(GP: torch.Tensor, P: torch.Tensor, K: torch.Tensor) -> to
     return dK
 
 
-def _spectra(filters, n: int) -> torch.Tensor:
-    """(S, 1, H, n//2+1) complex64: rfft of each filter's circular kernel [k_fwd, 0.., flip(k_rev)], divided by n.
-    The 1/n of the inverse FFT is folded in here, so the big inverse transforms run unnormalised
-    (``norm="forward"``) instead of paying a full scaling pass over their (S, B, H, n) output."""
-    ks = [build_kappa(kf.float(), None if kr is None else kr.float(), n) for kf, kr in filters]
-    return torch.fft.rfft(torch.stack(ks), n=n, norm="forward")[:, None]
+def _kappas(filters, n: int) -> torch.Tensor:
+    """(S, H, n) fp32: each filter's circular kernel [k_fwd, 0.., flip(k_rev)]."""
+    return torch.stack([build_kappa(kf.float(), None if kr is None else kr.float(), n) for kf, kr in filters])
+
+
+def _spectra(kappa: torch.Tensor) -> torch.Tensor:
+    """(S, 1, H, n//2+1) complex64: rfft of each circular kernel, divided by n. The 1/n of the inverse FFT is folded
+    in here, so the big inverse transforms run unnormalised (``norm="forward"``) instead of paying a full scaling
+    pass over their (S, B, H, n) output."""
+    return torch.fft.rfft(kappa, n=kappa.shape[-1], norm="forward")[:, None]
+
+
+# Up to this length the long convolutions run as dense products with each channel's L x L Toeplitz matrix
+# T[s, t] = kappa[(t - s) mod n] (cuBLAS batched over slot x channel, the batch as the rows) instead of through
+# cuFFT. At L = 128 (M2-BERT's pretraining length) the FFT route pads to n = 2L and moves (S, B, H, n) fp32 through
+# four transforms and two spectral passes each step and layer: ~1.8 of the core's ~3.5 ms per M2-BERT-80M layer
+# (benchmarks/NOTES.md, attempt 21), while the products cost 2 B H L^2 FLOPs per slot and direction, which is
+# small while L is. The buffers then hold only [0, L), channel-major with the batch inside each channel.
+DIRECT_MAX_LEN = 256
+
+
+def _direct(B: int, L: int, H: int, S: int) -> bool:
+    return L <= DIRECT_MAX_LEN and S * H * B * L < 2**31  # 32-bit channel offsets in the passes
+
+
+def _channel_major(S: int, B: int, H: int, n: int, direct: bool, device) -> torch.Tensor:
+    """An (S, B, H, n) fp32 buffer, time innermost: (S, B, H, n) in memory for the FFT route (cuFFT's rows), a
+    transposed view of (S, H, B, n) for the direct one (each channel's B x n block is one matrix of a batched GEMM)."""
+    if direct:
+        return torch.empty(S, H, B, n, device=device, dtype=torch.float32).transpose(1, 2)
+    return torch.empty(S, B, H, n, device=device, dtype=torch.float32)
+
+
+def _as_matrices(x: torch.Tensor) -> torch.Tensor:
+    """(S*H, B, n), no copy, of a direct-route buffer from ``_channel_major``."""
+    S, B, H, n = x.shape
+    return x.transpose(1, 2).reshape(S * H, B, n)
+
+
+def _toeplitz(kappa: torch.Tensor, L: int) -> torch.Tensor:
+    """(S*H, L, L): T[s, t] = kappa[(t - s) mod n], so that x @ T is the circular convolution at t < L."""
+    S, H, n = kappa.shape
+    i = torch.arange(L, device=kappa.device)
+    return kappa.reshape(S * H, n)[:, (i[None, :] - i[:, None]) % n]
+
+
+def _diagonal_sums(M: torch.Tensor, n: int) -> torch.Tensor:
+    """(R, n): out[d mod n] = sum over t - s = d of M[:, s, t], for M (R, L, L) and n >= 2L - 1 -- the gradient of
+    ``_toeplitz``'s kappa. Each row is shifted by its index through a strided view of the zero-padded, row-flipped
+    M (row i of the view starts 2L - 1 elements after row i - 1 of a 2L-wide buffer), so a plain sum over the rows
+    gives every diagonal at once."""
+    R, L, _ = M.shape
+    P = torch.nn.functional.pad(M.flip(1), (0, L))
+    D = P.as_strided((R, L, 2 * L - 1), (2 * L * L, 2 * L - 1, 1), P.storage_offset()).sum(1)  # d + L - 1
+    out = M.new_zeros(R, n)
+    out[:, :L] = D[:, L - 1:]
+    out[:, n - L + 1:] = D[:, :L - 1]
+    return out
 
 
 def _geometry(z, u, keep, conv_w):
     """What every launch needs: sizes, tiles, the conv weight as (3H, 3), and stand-ins for absent pointers (never
-    read: the kernels' HAS_RES / HAS_MASK flags are off then)."""
+    read: the kernels' HAS_RES / HAS_MASK flags are off then). ``n`` is the circular convolution's length, ``nb``
+    the buffers' (n on the FFT route, L on the direct one)."""
     B, L, H3 = z.shape
+    H = H3 // 3
     has_res = u is not None
-    BT, BH = _blocks(H3 // 3)
+    S = 2 if has_res else 1
+    BT, BH = _blocks(H)
     keep_t = keep.contiguous() if keep is not None else z
     u_t, (s_ub, s_ut) = (u, u.stride()[:2]) if has_res else (z, (0, 0))
-    return (B, L, H3, H3 // 3, has_res, 2 if has_res else 1, fft_size(L), BT, BH, conv_w.reshape(H3, 3).contiguous(),
+    n = fft_size(L)
+    direct = _direct(B, L, H, S)
+    return (B, L, H3, H, has_res, S, n, direct, L if direct else n, BT, BH, conv_w.reshape(H3, 3).contiguous(),
             keep_t, u_t, s_ub, s_ut)
 
 
@@ -425,77 +486,93 @@ def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
                    k1f: torch.Tensor, k1r: Optional[torch.Tensor], d1: torch.Tensor, k2f: Optional[torch.Tensor],
                    k2r: Optional[torch.Tensor], d2: Optional[torch.Tensor], keep: Optional[torch.Tensor]
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns y (B, L, H) and what backward needs besides the inputs: g1 (B, L, H) and the filters' spectrum
-    K (S, 1, H, n//2+1)."""
+    """Returns y (B, L, H) and what backward needs besides the inputs: g1 (B, L, H) and the filters: their spectrum
+    K (S, 1, H, n//2+1) on the FFT route, their circular kernels kappa (S, H, n) on the direct one."""
     z = z.contiguous()
-    B, L, H3, H, has_res, S, n, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
+    B, L, H3, H, has_res, S, n, direct, nb, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
     with torch.autocast(z.device.type, enabled=False):
-        filters = [(k1f, k1r)] + ([(k2f, k2r)] if has_res else [])
-        K = _spectra(filters, n)
-        X = torch.empty(S, B, H, n, device=z.device, dtype=torch.float32)
-        grid = (B, triton.cdiv(n, BT), triton.cdiv(H, BH))
-        _fwd_pre[grid](z, u_t, keep_t, cw, conv_b, X, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
-                       X.stride(0), X.stride(1), HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH,
+        kappa = _kappas([(k1f, k1r)] + ([(k2f, k2r)] if has_res else []), n)
+        X = _channel_major(S, B, H, nb, direct, z.device)
+        grid = (B, triton.cdiv(nb, BT), triton.cdiv(H, BH))
+        _fwd_pre[grid](z, u_t, keep_t, cw, conv_b, X, L, H, nb, z.stride(0), z.stride(1), s_ub, s_ut,
+                       *X.stride()[:3], HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH,
                        num_warps=PASS_WARPS)
-        P = _rfft(X)
-        del X
-        C = _irfft(_spectral_forward(P, K))
-        del P
+        if direct:
+            filt = kappa
+            C = torch.bmm(_as_matrices(X), _toeplitz(kappa, L)).view(S, H, B, L).transpose(1, 2)
+        else:
+            filt = _spectra(kappa)
+            P = _rfft(X)
+            del X
+            C = _irfft(_spectral_forward(P, filt))
+            del P
         y = torch.empty(B, L, H, device=z.device, dtype=z.dtype)
         g1 = torch.empty_like(y)
         grid = (B, triton.cdiv(L, BT), triton.cdiv(H, BH))
         _fwd_post[grid](C, z, u_t, keep_t, cw, conv_b, d1, d2 if has_res else d1, y, g1,
-                        L, H, n, z.stride(0), z.stride(1), s_ub, s_ut, C.stride(0), C.stride(1),
+                        L, H, z.stride(0), z.stride(1), s_ub, s_ut, *C.stride()[:3],
                         HAS_RES=has_res, HAS_MASK=keep is not None, BT=BT, BH=BH, num_warps=PASS_WARPS)
-    return y, g1, K
+    return y, g1, filt
 
 
 @_mixer_core_op.register_fake
 def _(z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep):
     B, L, H3 = z.shape
-    S, N2 = (2 if u is not None else 1), fft_size(L) // 2
+    S, n = (2 if u is not None else 1), fft_size(L)
     y = z.new_empty(B, L, H3 // 3)
-    return y, torch.empty_like(y), torch.empty(S, 1, H3 // 3, N2 + 1, device=z.device, dtype=torch.complex64)
+    if _direct(B, L, H3 // 3, S):
+        return y, torch.empty_like(y), torch.empty(S, H3 // 3, n, device=z.device, dtype=torch.float32)
+    return y, torch.empty_like(y), torch.empty(S, 1, H3 // 3, n // 2 + 1, device=z.device, dtype=torch.complex64)
 
 
 @torch.library.custom_op("m2dist::mixer_core_backward", mutates_args=())
 def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch.Tensor], keep: Optional[torch.Tensor],
                             conv_w: torch.Tensor, conv_b: torch.Tensor, d1: torch.Tensor, d2: Optional[torch.Tensor],
-                            g1: torch.Tensor, K: torch.Tensor) -> list[torch.Tensor]:
+                            g1: torch.Tensor, filt: torch.Tensor) -> list[torch.Tensor]:
     """[dz, du, dconv_w, dconv_b, dkappa (S, H, n), dD (2, H)]; du is empty without the residual conv."""
     dy = dy.contiguous()
-    B, L, H3, H, has_res, S, n, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
+    B, L, H3, H, has_res, S, n, direct, nb, BT, BH, cw, keep_t, u_t, s_ub, s_ut = _geometry(z, u, keep, conv_w)
     with torch.autocast(z.device.type, enabled=False):
         # Gin's S slots, then the forward's X recomputed (S slots): one pass writes both, one batched FFT
         # transforms both. Saving the forward's spectrum P instead would keep (S, B, H, n) fp32 per layer alive
         # from forward to backward (~268 MB per M2-GPT-360M layer at L=2048, B=16).
-        gin_x = torch.empty(2 * S, B, H, n, device=z.device, dtype=torch.float32)
-        nt = triton.cdiv(n, BT)
+        gin_x = _channel_major(2 * S, B, H, nb, direct, z.device)
+        nt = triton.cdiv(nb, BT)
         part_d = torch.empty(B * nt, 2, H, device=z.device, dtype=torch.float32)
         _bwd_pre[(B, nt, triton.cdiv(H, BH))](
-            dy, z, u_t, keep_t, cw, conv_b, gin_x, part_d, L, H, n, z.stride(0), z.stride(1), s_ub, s_ut,
-            gin_x.stride(0), gin_x.stride(1), S * gin_x.stride(0), HAS_RES=has_res, HAS_MASK=keep is not None,
+            dy, z, u_t, keep_t, cw, conv_b, gin_x, part_d, L, H, nb, z.stride(0), z.stride(1), s_ub, s_ut,
+            *gin_x.stride()[:3], S * gin_x.stride(0), HAS_RES=has_res, HAS_MASK=keep is not None,
             BT=BT, BH=BH, num_warps=PASS_WARPS)
         dD = part_d.sum(0)
-        spectra = _rfft(gin_x)
-        del gin_x
-        GP, P = spectra[:S], spectra[S:]
-        dkappa = torch.fft.irfft(_spectral_backward(GP, P, K), n=n)  # (S, H, n): the filters' gradients
-        dX = _irfft(GP)
-        del GP, P, spectra
+        if direct:
+            G, X = _as_matrices(gin_x[:S]), _as_matrices(gin_x[S:])
+            T = _toeplitz(filt, L)
+            dX = torch.bmm(G, T.transpose(1, 2)).view(S, H, B, L).transpose(1, 2)
+            dkappa = _diagonal_sums(torch.bmm(X.transpose(1, 2), G), n).view(S, H, n)
+            del G, X, T, gin_x
+        else:
+            spectra = _rfft(gin_x)
+            del gin_x
+            GP, P = spectra[:S], spectra[S:]
+            dkappa = torch.fft.irfft(_spectral_backward(GP, P, filt), n=n)  # (S, H, n): the filters' gradients
+            dX = _irfft(GP)
+            del GP, P, spectra
         dz = torch.empty_like(z)
         du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if has_res else z.new_empty(0)
         ntl = triton.cdiv(L, BT)
         gz = torch.empty(B, L, H3, device=z.device, dtype=torch.float32)
+        s_xs, s_xb, s_xh = dX.stride()[:3]
         _bwd_gates[(B, ntl, triton.cdiv(H, BH))](
-            dX, dy, g1, z, keep_t, cw, conv_b, d1, gz, L, H, n, z.stride(0), z.stride(1), dX.stride(1),
+            dX, dy, g1, z, keep_t, cw, conv_b, d1, gz, L, H, z.stride(0), z.stride(1), s_xb, s_xh,
             HAS_MASK=keep is not None, BT=BT, BH=BH, num_warps=PASS_WARPS)
-        tiles = _conv_tiles_per_program()
+        # A short sequence has fewer token tiles than a program would walk: every tile past its end would still
+        # run (masked) through the loop.
+        tiles = min(_conv_tiles_per_program(), ntl)
         chunks = triton.cdiv(ntl, tiles)
         part_w = torch.empty(B * chunks, 4, H3, device=z.device, dtype=torch.float32)
         _bwd_conv[(B, chunks, triton.cdiv(H3, BH))](
-            gz, z, dX, dy, cw, d2 if has_res else d1, dz, du if has_res else dz, part_w, L, H3, H, n,
-            z.stride(0), z.stride(1), dX.stride(0), dX.stride(1), tiles, HAS_RES=has_res, BT=BT, BH=BH,
+            gz, z, dX, dy, cw, d2 if has_res else d1, dz, du if has_res else dz, part_w, L, H3, H,
+            z.stride(0), z.stride(1), s_xs, s_xb, s_xh, tiles, HAS_RES=has_res, BT=BT, BH=BH,
             num_warps=CONV_WARPS)
         del gz
         pw = part_w.sum(0)  # (3 taps + bias, 3H)
@@ -505,9 +582,9 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
 
 
 @_mixer_core_backward_op.register_fake
-def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, K):
+def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, filt):
     B, L, H3 = z.shape
-    H, S, n = H3 // 3, K.shape[0], fft_size(L)
+    H, S, n = H3 // 3, filt.shape[0], fft_size(L)
     du = torch.empty(B, L, H, device=z.device, dtype=u.dtype) if u is not None else z.new_empty(0)
     f32 = dict(device=z.device, dtype=torch.float32)
     return [torch.empty_like(z), du, torch.empty_like(conv_w), torch.empty_like(conv_b), torch.empty(S, H, n, **f32),
@@ -516,15 +593,15 @@ def _(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, K):
 
 def _setup_context(ctx, inputs, output):
     z, u, conv_w, conv_b, k1f, k1r, d1, k2f, k2r, d2, keep = inputs
-    _, g1, K = output
-    ctx.save_for_backward(z, u, keep, conv_w, conv_b, d1, d2, g1, K)
+    _, g1, filt = output
+    ctx.save_for_backward(z, u, keep, conv_w, conv_b, d1, d2, g1, filt)
     ctx.meta = (k1r is not None, k1f.dtype, k2r is not None, None if k2f is None else k2f.dtype)
 
 
 def _backward(ctx, dy, _dg1, _dK):
-    z, u, keep, conv_w, conv_b, d1, d2, g1, K = ctx.saved_tensors
+    z, u, keep, conv_w, conv_b, d1, d2, g1, filt = ctx.saved_tensors
     bidir1, k1_dtype, bidir2, k2_dtype = ctx.meta
-    dz, du, dconv_w, dconv_b, dkappa, dD = _mixer_core_backward_op(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, K)
+    dz, du, dconv_w, dconv_b, dkappa, dD = _mixer_core_backward_op(dy, z, u, keep, conv_w, conv_b, d1, d2, g1, filt)
     L = z.shape[1]
 
     def filter_grads(s, bidir, dtype):

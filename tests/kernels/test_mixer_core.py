@@ -1,5 +1,6 @@
-"""The fused mixer core (four Triton passes around cuFFT) against the O(L^2) float64 definition, forward and every
-gradient; on CPU through the interpreter, on the GPU machine with ``M2DIST_GPU_TESTS=1 ... -m gpu``."""
+"""The fused mixer core (four Triton passes around cuFFT, or around batched Toeplitz products up to
+``DIRECT_MAX_LEN``) against the O(L^2) float64 definition, forward and every gradient; on CPU through the
+interpreter, on the GPU machine with ``M2DIST_GPU_TESTS=1 ... -m gpu``."""
 import pytest
 import torch
 
@@ -10,6 +11,13 @@ from m2dist.models.sequence_mixer import M2SequenceMixer
 from tests.kernels._ref import naive_mixer_core, rel_err
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture(params=["fft", "direct"])
+def route(request, monkeypatch):
+    """Each long-convolution route at the tests' short lengths (the direct one takes them by default)."""
+    monkeypatch.setattr(mixer_core, "DIRECT_MAX_LEN", 0 if request.param == "fft" else 10**9)
+    return request.param
 
 
 def _inputs(B, L, H, dtype, bidir, residual, masked, device, seed=0):
@@ -65,7 +73,7 @@ def _check(B, L, H, dtype, bidir, residual, masked, device="cpu"):
 
 @pytest.mark.parametrize("bidir", [False, True], ids=["causal", "bidir"])
 @pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
-def test_fused_mixer_matches_naive(bidir, residual):
+def test_fused_mixer_matches_naive(bidir, residual, route):
     # H=20 is not a multiple of the interpreter's 16-channel tile; L=13 gives n=30, an odd half size (15: no
     # frequency pairs with itself); L=40 below gives an even one (n/4 does)
     _check(B=2, L=13, H=20, dtype=torch.float32, bidir=bidir, residual=residual, masked=False)
@@ -82,12 +90,13 @@ def test_frequency_pairs_across_programs(monkeypatch, L):
         return (rows, triton.cdiv(n // 4 + 1, 2)), 2
 
     monkeypatch.setattr(mixer_core, "_pair_grid", tiny)
+    monkeypatch.setattr(mixer_core, "DIRECT_MAX_LEN", 0)
     # One sequence of 8 channels: the pair indexing is per row, and the interpreter's time grows with the rows.
     _check(B=1, L=L, H=8, dtype=torch.float32, bidir=True, residual=True, masked=False)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
-def test_fused_mixer_bf16_and_padding(masked):
+def test_fused_mixer_bf16_and_padding(masked, route):
     _check(B=2, L=40, H=8, dtype=torch.bfloat16, bidir=True, residual=True, masked=masked)
 
 
@@ -149,6 +158,8 @@ def test_fused_core_leaves_cpu_and_odd_short_convs_alone(monkeypatch):
 def test_fused_mixer_on_gpu(bidir):
     _check(B=2, L=1024, H=96, dtype=torch.bfloat16, bidir=bidir, residual=True, masked=False, device="cuda")
     _check(B=3, L=300, H=40, dtype=torch.float32, bidir=bidir, residual=True, masked=True, device="cuda")
+    assert mixer_core._direct(8, 128, 64, 2)
+    _check(B=8, L=128, H=64, dtype=torch.bfloat16, bidir=bidir, residual=True, masked=True, device="cuda")
 
 
 def test_fused_mixer_takes_any_layout():
