@@ -7,7 +7,7 @@ contract: scripts, sweeps and users override them on the command line (``trainer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from m2dist.config.model import ModelConfig, Task
 
@@ -111,8 +111,10 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     # Replay each layer's forward and backward as CUDA graphs (m2dist/train/layer_graphs.py): one launch per layer
-    # instead of dozens, for steps bound by kernel launches (M2 at short lengths). CUDA only.
-    cuda_graphs: bool = False
+    # instead of dozens, for steps bound by kernel launches (M2 at short lengths). "auto": on when training on a
+    # CUDA device and no other setting clashes with it (m2dist.config.validate.graph_clashes); true: on, and a clash
+    # or a missing GPU is an error.
+    cuda_graphs: Union[bool, Literal["auto"]] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

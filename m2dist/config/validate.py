@@ -112,12 +112,10 @@ def problems(cfg: Config, sources: dict[str, str]) -> list[str]:
     return out
 
 
-def _graph_problems(cfg: Config, sources: dict[str, str]) -> list[str]:
-    """What ``trainer.cuda_graphs`` cannot capture (m2dist/train/layer_graphs.py): one line each."""
+def graph_clashes(cfg: Config) -> list[tuple[str, str]]:
+    """(key, why) of each setting that ``trainer.cuda_graphs`` cannot capture (m2dist/train/layer_graphs.py):
+    with ``true`` each is an error at load, with ``auto`` any of them leaves the graphs off."""
     t, p = cfg.trainer, cfg.parallel
-    if not t.cuda_graphs:
-        return []
-    key = f"trainer.cuda_graphs=true (from {source_of('trainer.cuda_graphs', sources)})"
     clashes = [("trainer.activation_checkpointing", t.activation_checkpointing, "recomputes the forward outside "
                 "the graph"),
                ("trainer.compile", t.compile, "failed in capture on the H200 (inductor's RNG offsets: benchmarks/NOTES.md, "
@@ -127,8 +125,15 @@ def _graph_problems(cfg: Config, sources: dict[str, str]) -> list[str]:
                ("deepspeed.zero_stage", cfg.deepspeed.zero_stage == 3, "gathers each layer's parameters into new "
                 "buffers at every forward"),
                ("trainer.device", t.device == "cpu", "is not a CUDA device")]
+    return [(name, why) for name, clash, why in clashes if clash]
+
+
+def _graph_problems(cfg: Config, sources: dict[str, str]) -> list[str]:
+    if cfg.trainer.cuda_graphs is not True:
+        return []
+    key = f"trainer.cuda_graphs=true (from {source_of('trainer.cuda_graphs', sources)})"
     return [f"{key} does not work with {name}={_get(cfg, name)!r} (from {source_of(name, sources)}): it {why}; "
-            f"set trainer.cuda_graphs=false or change {name}" for name, clash, why in clashes if clash]
+            f"set trainer.cuda_graphs=false or change {name}" for name, why in graph_clashes(cfg)]
 
 
 def _context_problems(cfg: Config, sources: dict[str, str]) -> list[str]:

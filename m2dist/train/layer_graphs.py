@@ -8,7 +8,7 @@ the step time. A replayed graph is one launch per layer and direction.
 
 The method is ``torch.cuda.make_graphed_callables``', with three differences:
 
-* captured lazily, at the second training forward that sees the same input: the first runs eager, so cuBLAS
+* captured lazily, at the second training forward in a row that sees the same input: the first runs eager, so cuBLAS
   workspaces, cuFFT plans and Triton autotuning exist before the capture, and the capture sees the parameters where
   DeepSpeed's flat buffers and a restored checkpoint put them;
 * every layer is captured in one pass, the forwards in order and then the backwards in reverse, into one shared
@@ -168,10 +168,13 @@ class LayerGraphs:
         if not (x.is_cuda and torch.is_grad_enabled() and self.layers[0].training):
             return False
         key = _key(x, mask)
+        last, self.seen = self.seen, key
         if key == self.captured and [p.data_ptr() for p in self.params] == self.pointers:
             return True
-        if key != self.seen:  # the first training forward of this input: eager, and the kernels get warm
-            self.seen = key
+        # A new input is captured when two training forwards in a row see it (the first runs eager, and the
+        # kernels get warm): an odd batch in between -- an unpadded one among padded ones, whose mask the trainer
+        # drops -- runs eager without costing a capture.
+        if key != last:
             return False
         self._capture(x, mask)
         self.captured = key

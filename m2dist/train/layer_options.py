@@ -33,10 +33,22 @@ def _checkpoint_forward(layer: nn.Module) -> None:
     layer.forward = forward
 
 
+def cuda_graphs_on(cfg: Config) -> bool:
+    """``trainer.cuda_graphs`` resolved: ``auto`` is on when a CUDA device trains and nothing clashes."""
+    if cfg.trainer.cuda_graphs != "auto":
+        return bool(cfg.trainer.cuda_graphs)
+    import torch
+
+    from m2dist.config.validate import graph_clashes
+
+    return torch.cuda.is_available() and not graph_clashes(cfg)
+
+
 def apply_layer_options(model: nn.Module, cfg: Config) -> nn.Module:
     layers = layer_list(model, cfg.model.num_layers)
     t = cfg.trainer
-    if (t.activation_checkpointing or t.compile or t.cuda_graphs) and layers is None:
+    graphs = cuda_graphs_on(cfg) and (layers is not None or t.cuda_graphs is True)
+    if (t.activation_checkpointing or t.compile or graphs) and layers is None:
         raise ValueError("activation checkpointing / compile / CUDA graphs need the model's layer list, which was "
                          "not found")
     if t.activation_checkpointing:
@@ -47,7 +59,7 @@ def apply_layer_options(model: nn.Module, cfg: Config) -> nn.Module:
         # graph break stays local to a layer.
         for layer in layers:
             layer.compile()
-    if t.cuda_graphs:
+    if graphs:
         import torch
 
         # trainer.device=cpu is refused at load (m2dist.config.validate); "auto" on a machine without CUDA is here.

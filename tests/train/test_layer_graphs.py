@@ -13,7 +13,7 @@ import torch
 
 from m2dist.config import load_config
 from m2dist.models import build_model
-from m2dist.train.layer_options import apply_layer_options
+from m2dist.train.layer_options import apply_layer_options, cuda_graphs_on
 
 
 def _cfg(*extra):
@@ -70,3 +70,37 @@ def test_replayed_layers_train_like_eager_ones(arch):
     graphed.eval()
     with torch.no_grad():  # eval runs eager, any batch size
         assert graphed(ids[0, :3, :-1]).shape == (3, cfg.model.max_seq_len, cfg.model.vocab_size)
+
+
+@pytest.mark.parametrize("extra, on", [((), True), (("trainer.activation_checkpointing=true",), False),
+                                       (("deepspeed.zero_stage=3",), False), (("trainer.device=cpu",), False),
+                                       (("trainer.cuda_graphs=false",), False)])
+def test_auto_graphs_are_on_on_a_gpu_unless_something_clashes(monkeypatch, extra, on):
+    """The default, ``auto``: loads whatever else is set (a clash is an error only with ``true``) and resolves on
+    where a CUDA device trains and nothing clashes."""
+    cfg = load_config(None, ["model.arch=m2_gpt", *extra])
+    assert cfg.trainer.cuda_graphs == ("auto" if "trainer.cuda_graphs=false" not in extra else False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cuda_graphs_on(cfg) is on
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cuda_graphs_on(cfg) is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_odd_input_between_captured_ones_costs_no_capture(monkeypatch):
+    """Captured at the second forward in a row with one input; a different input now and then (an unpadded MLM
+    batch among padded ones) runs eager and is not captured on its second, non-consecutive, appearance."""
+    from m2dist.train import layer_graphs
+
+    cfg = _cfg()
+    torch.manual_seed(0)
+    model = apply_layer_options(build_model(cfg.model).cuda(), cfg)
+    captures = []
+    real = layer_graphs.LayerGraphs._capture
+    monkeypatch.setattr(layer_graphs.LayerGraphs, "_capture", lambda self, *a: captures.append(1) or real(self, *a))
+    ids = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.max_seq_len), device="cuda")
+    for batch in (2, 2, 3, 2, 3, 2):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(ids[:1].expand(batch, -1)).float().sum().backward()
+    assert len(captures) == 1
