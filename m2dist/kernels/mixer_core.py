@@ -39,6 +39,7 @@ preset's size); other sizes take the per-op-kernel path (``m2dist.kernels.module
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -447,6 +448,19 @@ def _toeplitz(kappa: torch.Tensor, L: int) -> torch.Tensor:
     return kappa.reshape(S * H, n)[:, (i[None, :] - i[:, None]) % n]
 
 
+@contextlib.contextmanager
+def _products_at(dtype: torch.dtype):
+    """The direct route's GEMMs in TF32 when the core's inputs are half precision (autocast): their operands, the
+    gated signal and the gradients, then carry bf16's 8 bits of precision already, which TF32's 10 do not lower.
+    In full precision when z is fp32."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype in (torch.bfloat16, torch.float16)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def _diagonal_sums(M: torch.Tensor, n: int) -> torch.Tensor:
     """(R, n): out[d mod n] = sum over t - s = d of M[:, s, t], for M (R, L, L) and n >= 2L - 1 -- the gradient of
     ``_toeplitz``'s kappa. Each row is shifted by its index through a strided view of the zero-padded, row-flipped
@@ -499,7 +513,8 @@ def _mixer_core_op(z: torch.Tensor, u: Optional[torch.Tensor], conv_w: torch.Ten
                        num_warps=PASS_WARPS)
         if direct:
             filt = kappa
-            C = torch.bmm(_as_matrices(X), _toeplitz(kappa, L)).view(S, H, B, L).transpose(1, 2)
+            with _products_at(z.dtype):
+                C = torch.bmm(_as_matrices(X), _toeplitz(kappa, L)).view(S, H, B, L).transpose(1, 2)
         else:
             filt = _spectra(kappa)
             P = _rfft(X)
@@ -547,8 +562,9 @@ def _mixer_core_backward_op(dy: torch.Tensor, z: torch.Tensor, u: Optional[torch
         if direct:
             G, X = _as_matrices(gin_x[:S]), _as_matrices(gin_x[S:])
             T = _toeplitz(filt, L)
-            dX = torch.bmm(G, T.transpose(1, 2)).view(S, H, B, L).transpose(1, 2)
-            dkappa = _diagonal_sums(torch.bmm(X.transpose(1, 2), G), n).view(S, H, n)
+            with _products_at(z.dtype):
+                dX = torch.bmm(G, T.transpose(1, 2)).view(S, H, B, L).transpose(1, 2)
+                dkappa = _diagonal_sums(torch.bmm(X.transpose(1, 2), G), n).view(S, H, n)
             del G, X, T, gin_x
         else:
             spectra = _rfft(gin_x)
