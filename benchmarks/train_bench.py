@@ -194,7 +194,7 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
     import torch
 
     from m2dist.data import build_dataloader
-    from m2dist.data.contract import IGNORE_INDEX, task_of
+    from m2dist.data.contract import ATTENTION_MASK, IGNORE_INDEX, task_of
     from m2dist.kernels import accelerate
     from m2dist.models import build_model
     from m2dist.train.layer_options import apply_layer_options
@@ -209,9 +209,12 @@ def run_bare(cfg, device, profile_steps: int = 0) -> dict:
     loader = build_dataloader(cfg.data, split=cfg.data.train_split, micro_batch_size=cfg.trainer.micro_batch_size,
                               seq_len=cfg.model.max_seq_len)
     batches = []
+    # On the device before timing, but for the padding mask: the trainer decides on the loader's host copy whether
+    # a batch needs one (m2dist.train.tasks.forward), and so does this loop.
     while len(batches) < steps:
         for batch in loader:
-            batches.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            batches.append({k: v.to(device) if torch.is_tensor(v) and k != ATTENTION_MASK else v
+                            for k, v in batch.items()})
             if len(batches) == steps:
                 break
     del loader
