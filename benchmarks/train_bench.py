@@ -1,4 +1,4 @@
-"""Training throughput of what users run, beside the bare model, in one process.
+"""Training throughput of what users run, beside the bare model, in one run.
 
 Each row (a preset at a sequence length, a fixed number of tokens per step) runs
 
@@ -9,6 +9,7 @@ Each row (a preset at a sequence length, a fixed number of tokens per step) runs
   clipping, and the same batches (read once from the same loader and kept on the GPU), so its losses are the
   reference curve for the trainer's.
 
+Each (row, mode) runs in a process of its own, so no measurement sees what another left on the device.
 For both: median step time after ``WARMUP`` steps, tokens/s, MFU (3x the forward FLOPs of
 ``m2dist.models.flops_per_token`` over the device's dense bf16 peak), peak allocated memory, and the loss of every
 step. Rows go to ``train_bench.json`` (``$OUT`` or ``benchmarks/results/``) and ``train_bench.png``.
@@ -348,9 +349,41 @@ def plot(rows: list[dict], path: str) -> None:
     print(f"wrote {path}", flush=True)
 
 
-def main() -> int:
+JOB_ENV = "_TRAIN_BENCH_JOB"  # set for the child process that runs one measurement (``measure``)
+
+
+def measure(spec: dict) -> dict:
+    """One (row, mode) measurement, in this process: the row's fields (or its error) and the profile table."""
     import torch
 
+    from m2dist.models import flops_per_token
+    from m2dist.train.metrics import device_peak_flops
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = device_peak_flops(str(device) + (":0" if device.type == "cuda" else ""))
+    mode, length = spec["mode"], spec["seq_len"]
+    cfg = row_config(spec["preset"], length, spec["data"], spec["tok"], spec["run_dir"], spec["overrides"])
+    fpt = flops_per_token(cfg.model, length)
+    row = {}
+    try:
+        if mode.startswith("bare"):
+            out = run_bare(cfg, device, spec["profile"])
+            row.update(summarize(out["times"], out["losses"], out["mem"], cfg, fpt, peak))
+        else:
+            out = run_trainer(cfg, spec["profile"])
+            rec = out["records"]
+            row.update(summarize([r["step_time_s"] for r in rec], [r["loss"] for r in rec],
+                                 max(r["mem_gib"] for r in rec), cfg, fpt, peak))
+            row["precision"] = cfg.deepspeed.precision
+            row["zero_stage"] = cfg.deepspeed.zero_stage
+            row["ds_config_keys"] = sorted(out["ds_config"])
+        row["profile"] = out.get("profile")
+    except Exception as exc:  # one failing row (e.g. out of memory) must not lose the others
+        row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return row
+
+
+def main() -> int:
     from common import RESULTS, env_info, save
 
     rows_spec = [r.split("@") for r in os.environ.get("ROWS", DEFAULT_ROWS).split(",") if r]
@@ -366,10 +399,7 @@ def main() -> int:
     os.environ.setdefault("M2DIST_LOG_LEVEL", "warning")
 
     from m2dist.models import flops_per_token
-    from m2dist.train.metrics import device_peak_flops
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak = device_peak_flops(str(device) + (":0" if device.type == "cuda" else ""))
     start, results, profiles = time.time(), [], {}
     scratch = tempfile.mkdtemp(prefix="train_bench_")
     for i, (preset, length) in enumerate(rows_spec):
@@ -391,30 +421,24 @@ def main() -> int:
                 results.append(row)
                 print(json.dumps(row), flush=True)
                 continue
-            run_dir = os.path.join(scratch, f"{i}_{mode.replace(':', '_')}")
-            cfg = row_config(preset, length, data, tok, run_dir, row["overrides"])
-            fpt = flops_per_token(cfg.model, length)
-            prof = profile_steps if i == 0 else 0
-            try:
-                if mode.startswith("bare"):
-                    out = run_bare(cfg, device, prof)
-                    row.update(summarize(out["times"], out["losses"], out["mem"], cfg, fpt, peak))
-                else:
-                    out = run_trainer(cfg, prof)
-                    rec = out["records"]
-                    row.update(summarize([r["step_time_s"] for r in rec], [r["loss"] for r in rec],
-                                         max(r["mem_gib"] for r in rec), cfg, fpt, peak))
-                    row["precision"] = cfg.deepspeed.precision
-                    row["zero_stage"] = cfg.deepspeed.zero_stage
-                    row["ds_config_keys"] = sorted(out["ds_config"])
+            tag = f"{i}_{mode.replace(':', '_')}"
+            spec = dict(preset=preset, seq_len=length, mode=mode, overrides=args, data=data, tok=tok,
+                        run_dir=os.path.join(scratch, tag), profile=profile_steps if i == 0 else 0,
+                        result=os.path.join(scratch, tag + ".json"))
+            # Each measurement in its own process: what one leaves on the device (a CUDA graph's private pool, a
+            # cache DeepSpeed keeps) would otherwise count in the next one's peak memory, or exhaust it.
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env={**os.environ, JOB_ENV: json.dumps(spec)})
+            if os.path.exists(spec["result"]):
+                with open(spec["result"]) as f:
+                    out = json.load(f)
                 if out.get("profile"):
                     profiles[f"{preset}@{length} {mode}"] = out["profile"]
-            except Exception as exc:  # one failing row (e.g. out of memory) must not lose the others
-                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                gc.collect()
-                torch.cuda.empty_cache() if torch.cuda.is_available() else None
+                row.update({k: v for k, v in out.items() if k != "profile"})
+            else:
+                row["error"] = f"the measuring process exited with {proc.returncode} and no result"
+            cfg = row_config(preset, length, data, tok, spec["run_dir"], args)
             row["tokens_per_step"] = cfg.trainer.global_batch_size * length
-            row["fwd_gflops_per_token"] = round(fpt / 1e9, 4)
+            row["fwd_gflops_per_token"] = round(flops_per_token(cfg.model, length) / 1e9, 4)
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "interval_step_ms")}), flush=True)
     compare(results)
@@ -457,5 +481,14 @@ def table(rows: list[dict]) -> None:
               f"{r.get('vs_bare_peak_mem', '')} | {r.get('loss_max_rel_diff_vs_bare', '')} |")
 
 
+def job_main() -> int:
+    spec = json.loads(os.environ[JOB_ENV])
+    os.environ.setdefault("M2DIST_LOG_LEVEL", "warning")
+    row = measure(spec)
+    with open(spec["result"], "w") as f:
+        json.dump(row, f)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main() if JOB_ENV in os.environ else main())

@@ -111,9 +111,9 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     # Replay each layer's forward and backward as CUDA graphs (m2dist/train/layer_graphs.py): one launch per layer
-    # instead of dozens, for steps bound by kernel launches (M2 at short lengths). "auto": on when training on a
-    # CUDA device and no other setting clashes with it (m2dist.config.validate.graph_clashes); true: on, and a clash
-    # or a missing GPU is an error.
+    # instead of dozens, for steps bound by kernel launches (M2 at short lengths). "auto": on for M2 models when
+    # training on a CUDA device and no other setting clashes with it (m2dist.config.validate.graph_clashes); true:
+    # on for any model, and a clash or a missing GPU is an error.
     cuda_graphs: Union[bool, Literal["auto"]] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -34,14 +34,17 @@ def _checkpoint_forward(layer: nn.Module) -> None:
 
 
 def cuda_graphs_on(cfg: Config) -> bool:
-    """``trainer.cuda_graphs`` resolved: ``auto`` is on when a CUDA device trains and nothing clashes."""
+    """``trainer.cuda_graphs`` resolved: ``auto`` is on for an M2 model when a CUDA device trains and nothing
+    clashes. M2 only: its layers are chains of short kernels, and graphs took M2-BERT-80M at L=128 from 164K to 292K
+    tokens/s; a Transformer layer is a few large kernels, GPT-360M at L=2048 ran at the same speed either way
+    (benchmarks/NOTES.md, attempt 21), and a graph's private memory pool would only cost it memory."""
     if cfg.trainer.cuda_graphs != "auto":
         return bool(cfg.trainer.cuda_graphs)
     import torch
 
     from m2dist.config.validate import graph_clashes
 
-    return torch.cuda.is_available() and not graph_clashes(cfg)
+    return cfg.model.arch.startswith("m2_") and torch.cuda.is_available() and not graph_clashes(cfg)
 
 
 def apply_layer_options(model: nn.Module, cfg: Config) -> nn.Module:

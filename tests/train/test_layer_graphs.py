@@ -72,18 +72,21 @@ def test_replayed_layers_train_like_eager_ones(arch):
         assert graphed(ids[0, :3, :-1]).shape == (3, cfg.model.max_seq_len, cfg.model.vocab_size)
 
 
-@pytest.mark.parametrize("extra, on", [((), True), (("trainer.activation_checkpointing=true",), False),
+@pytest.mark.parametrize("extra, on", [((), True), (("model.arch=m2_bert",), True), (("model.arch=gpt",), False),
+                                       (("trainer.activation_checkpointing=true",), False),
                                        (("deepspeed.zero_stage=3",), False), (("trainer.device=cpu",), False),
-                                       (("trainer.cuda_graphs=false",), False)])
-def test_auto_graphs_are_on_on_a_gpu_unless_something_clashes(monkeypatch, extra, on):
+                                       (("trainer.cuda_graphs=false",), False),
+                                       (("model.arch=gpt", "trainer.cuda_graphs=true"), True)])
+def test_auto_graphs_are_on_for_m2_on_a_gpu_unless_something_clashes(monkeypatch, extra, on):
     """The default, ``auto``: loads whatever else is set (a clash is an error only with ``true``) and resolves on
-    where a CUDA device trains and nothing clashes."""
+    for M2 models where a CUDA device trains and nothing clashes."""
     cfg = load_config(None, ["model.arch=m2_gpt", *extra])
-    assert cfg.trainer.cuda_graphs == ("auto" if "trainer.cuda_graphs=false" not in extra else False)
+    assert cfg.trainer.cuda_graphs == {"trainer.cuda_graphs=false": False, "trainer.cuda_graphs=true": True}.get(
+        extra[-1] if extra else "", "auto")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cuda_graphs_on(cfg) is on
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cuda_graphs_on(cfg) is False
+    assert cuda_graphs_on(cfg) is (cfg.trainer.cuda_graphs is True)  # true without a GPU: apply's clear error
 
 
 @pytest.mark.gpu
