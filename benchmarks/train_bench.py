@@ -364,7 +364,7 @@ def measure(spec: dict) -> dict:
     mode, length = spec["mode"], spec["seq_len"]
     cfg = row_config(spec["preset"], length, spec["data"], spec["tok"], spec["run_dir"], spec["overrides"])
     fpt = flops_per_token(cfg.model, length)
-    row = {}
+    row = dict(tokens_per_step=cfg.trainer.global_batch_size * length, fwd_gflops_per_token=round(fpt / 1e9, 4))
     try:
         if mode.startswith("bare"):
             out = run_bare(cfg, device, spec["profile"])
@@ -397,8 +397,6 @@ def main() -> int:
     budget = float(os.environ.get("BUDGET_S", "1e9"))
     profile_steps = env_int("PROFILE", 0)
     os.environ.setdefault("M2DIST_LOG_LEVEL", "warning")
-
-    from m2dist.models import flops_per_token
 
     start, results, profiles = time.time(), [], {}
     scratch = tempfile.mkdtemp(prefix="train_bench_")
@@ -436,9 +434,6 @@ def main() -> int:
                 row.update({k: v for k, v in out.items() if k != "profile"})
             else:
                 row["error"] = f"the measuring process exited with {proc.returncode} and no result"
-            cfg = row_config(preset, length, data, tok, spec["run_dir"], args)
-            row["tokens_per_step"] = cfg.trainer.global_batch_size * length
-            row["fwd_gflops_per_token"] = round(flops_per_token(cfg.model, length) / 1e9, 4)
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "interval_step_ms")}), flush=True)
     compare(results)
@@ -483,7 +478,6 @@ def table(rows: list[dict]) -> None:
 
 def job_main() -> int:
     spec = json.loads(os.environ[JOB_ENV])
-    os.environ.setdefault("M2DIST_LOG_LEVEL", "warning")
     row = measure(spec)
     with open(spec["result"], "w") as f:
         json.dump(row, f)

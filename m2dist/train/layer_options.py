@@ -65,7 +65,8 @@ def apply_layer_options(model: nn.Module, cfg: Config) -> nn.Module:
     if graphs:
         import torch
 
-        # trainer.device=cpu is refused at load (m2dist.config.validate); "auto" on a machine without CUDA is here.
+        # trainer.device=cpu is refused at load (m2dist.config.validate); cuda_graphs=true with trainer.device=auto
+        # on a machine without CUDA is here ("auto" resolves off there).
         if not torch.cuda.is_available():
             raise ValueError(f"trainer.cuda_graphs=true needs a CUDA device (trainer.device={t.device!r}, none "
                              f"available); set trainer.cuda_graphs=false")
