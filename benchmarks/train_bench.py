@@ -25,7 +25,8 @@ steps between host syncs, as the trainer's ``logging.every``: times are interval
 ``name:key=value,key=value;name2:...``; default one variant ``default`` with no overrides), ``TRAINER_ARGS``
 (overrides added to every trainer run), ``BUDGET_S`` (start no row after this many seconds), ``PROFILE`` (N: also
 profile N trainer steps and N bare steps of the first row; prints the top CUDA ops and where the GPU waits;
-``KEEP_TRACE=1`` also keeps the profiler's traces; ``PROFILE_SHAPES=1`` adds a table of the ops by input shape),
+``KEEP_TRACE=1`` also keeps the profiler's traces; ``PROFILE_SHAPES=1`` adds a table of the ops by input shape,
+``PROFILE_HOST=1`` one of the host time by phase and op),
 ``RESULT_NAME``,
 ``PREP_ONLY=1`` (prepare the data and stop; works on CPU).
 
@@ -298,6 +299,9 @@ def profile_table(fn, steps: int, phases=(), name: str = "steps") -> str:
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     text = (f"wall {wall * 1e3:.1f} ms per step without the profiler; the table covers {steps} steps\n"
             + prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
+    if os.environ.get("PROFILE_HOST", "0") == "1":  # where the host's time goes (phases and the ops under them)
+        text += "\nby host time\n" + prof.key_averages().table(sort_by="cpu_time_total", row_limit=40,
+                                                                max_name_column_width=60)
     if by_shape:  # which tensors the elementwise ops and copies run on (the names alone do not say)
         text += "\nby input shape\n" + prof.key_averages(group_by_input_shape=True).table(
             sort_by=key, row_limit=40, max_name_column_width=40, max_shapes_column_width=90)

@@ -49,3 +49,43 @@ def test_foreach_norm_equals_deepspeeds_loop_and_the_dense_norm(tmp_path):
     for key in ("patched", "original"):
         assert abs(got[key] - got["dense"]) <= 1e-6 * got["dense"], got
     assert abs(got["inf_norm"] - got["dense_inf"]) <= 1e-6 * got["dense_inf"], got  # other norms: DeepSpeed's own
+
+
+CLIP_SCRIPT = r"""
+import json, types, torch
+from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+from m2dist.train import zero_grad_norm
+original = DeepSpeedZeroOptimizer.unscale_and_clip_grads
+zero_grad_norm.use_foreach_grad_norm()
+patched = DeepSpeedZeroOptimizer.unscale_and_clip_grads
+g = torch.Generator().manual_seed(0)
+out = dict(installed=patched is zero_grad_norm.device_side_clip, cases=[])
+for clip_grad, loss_scale, norm in [(1.0, 1.0, 3.5), (1.0, 1.0, 0.25), (0.5, 4.0, 9.0), (1.0, 1.0, -1.0),
+                                    (1.0, 1.0, float("nan")), (1.0, 1.0, float("inf")), (0.0, 1.0, 3.0)]:
+    fake = types.SimpleNamespace(clip_grad=clip_grad, loss_scale=loss_scale, device="cpu")
+    grads = [torch.randn(40, generator=g), [torch.randn(8, generator=g), torch.randn(3, generator=g)]]
+    copy = [grads[0].clone(), [t.clone() for t in grads[1]]]
+    original(fake, copy, torch.tensor(norm))
+    # The patched clip may not read a device value on the host: a bool() of a tensor is a sync on a GPU.
+    bool_of_tensor = torch.Tensor.__bool__
+    def refuse(self):
+        raise RuntimeError("host sync: bool() of a tensor")
+    torch.Tensor.__bool__ = refuse
+    try:
+        patched(fake, grads, torch.tensor(norm))
+    finally:
+        torch.Tensor.__bool__ = bool_of_tensor
+    flat = lambda gs: torch.cat([gs[0], *gs[1]])
+    out["cases"].append([norm, float((flat(grads) - flat(copy)).abs().max()), float(flat(copy).abs().max())])
+print(json.dumps(out))
+"""
+
+
+def test_device_side_clip_scales_as_deepspeeds_without_reading_the_norm_on_the_host(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", CLIP_SCRIPT], cwd=REPO, env=base_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["installed"]
+    for norm, diff, scale in got["cases"]:  # the same gradients as DeepSpeed's clip, to fp32 rounding
+        assert diff <= 1e-6 * max(scale, 1e-30), (norm, diff, scale)
