@@ -26,7 +26,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MEASURED = os.path.join(ROOT, "benchmarks", "results", "run19_table.json")
+MEASURED = os.path.join(ROOT, "benchmarks", "results", "run20_long.json")
 
 
 def measured_tokens_per_s(path: str, preset: str = "m2-gpt-360m") -> tuple[float, int]:
