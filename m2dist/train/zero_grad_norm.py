@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-_ORIGINAL: list = []  # DeepSpeed's two methods, once installed
+_ORIGINAL: list = []  # DeepSpeed's norm method, once installed (the fallback of other norm types)
 
 
 def foreach_grad_norm_direct(self, gradients, params, norm_type=2):
@@ -55,7 +55,7 @@ def device_side_clip(self, grad_groups_flat, total_norm):
     if self.clip_grad > 0.:
         norm = torch.as_tensor(total_norm, dtype=torch.float, device=self.device)
         # An invalid norm (non-finite, or the -1 sentinel of DeepSpeed's group-norm helpers) clips by infinity.
-        norm = torch.where(torch.isfinite(norm) & (norm >= 0), norm, torch.full_like(norm, float("inf")))
+        norm = torch.where(torch.isfinite(norm) & (norm >= 0), norm, float("inf"))
         clip = torch.clamp(((norm / self.loss_scale) + 1e-6) / self.clip_grad, min=1.0)
         combined_scale = clip * self.loss_scale
     for grad in grad_groups_flat:
@@ -63,13 +63,12 @@ def device_side_clip(self, grad_groups_flat, total_norm):
             g.data.mul_(1. / combined_scale)
 
 
-def use_foreach_grad_norm() -> None:
+def install_zero_norm_and_clip() -> None:
     """Installs ``foreach_grad_norm_direct`` and ``device_side_clip`` on DeepSpeed's ZeRO-1/2 optimizer class (once
     per process)."""
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
     if not _ORIGINAL:
         _ORIGINAL.append(DeepSpeedZeroOptimizer.get_grad_norm_direct)
-        _ORIGINAL.append(DeepSpeedZeroOptimizer.unscale_and_clip_grads)
         DeepSpeedZeroOptimizer.get_grad_norm_direct = foreach_grad_norm_direct
         DeepSpeedZeroOptimizer.unscale_and_clip_grads = device_side_clip

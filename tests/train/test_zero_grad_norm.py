@@ -17,7 +17,7 @@ init_distributed("cpu")  # the trainer's: one gloo process, DeepSpeed's comm set
 from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 from m2dist.train import zero_grad_norm
 before = DeepSpeedZeroOptimizer.get_grad_norm_direct
-zero_grad_norm.use_foreach_grad_norm(); zero_grad_norm.use_foreach_grad_norm()  # idempotent
+zero_grad_norm.install_zero_norm_and_clip(); zero_grad_norm.install_zero_norm_and_clip()  # idempotent
 g = torch.Generator().manual_seed(0)
 params = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in [(7,), (3, 5), (64, 33), (1,)]]
 grads = [torch.randn(p.shape, generator=g) * 10.0 ** i for i, p in enumerate(params)]
@@ -56,7 +56,7 @@ import json, types, torch
 from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 from m2dist.train import zero_grad_norm
 original = DeepSpeedZeroOptimizer.unscale_and_clip_grads
-zero_grad_norm.use_foreach_grad_norm()
+zero_grad_norm.install_zero_norm_and_clip()
 patched = DeepSpeedZeroOptimizer.unscale_and_clip_grads
 g = torch.Generator().manual_seed(0)
 out = dict(installed=patched is zero_grad_norm.device_side_clip, cases=[])
