@@ -24,6 +24,7 @@ def test_idle_goes_to_the_phase_that_launched_the_next_kernel():
         _x("cudaLaunchKernel", "cuda_runtime", 100, 5, correlation=2),
         _x("k2", "kernel", 110, 50, correlation=2),          # overlaps k1: no gap, busy to 160
         _x("cudaStreamSynchronize", "cuda_runtime", 420, 30),
+        _x("cudaStreamWaitEvent", "cuda_runtime", 460, 2),  # orders two streams; the host does not wait
         _x("cudaLaunchKernel", "cuda_runtime", 600, 5, correlation=3),
         _x("k3", "kernel", 610, 40, correlation=3),          # gap 160-610 = 450 us, launched in the step
     ]}
