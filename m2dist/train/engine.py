@@ -16,9 +16,9 @@ def build_engine(cfg: Config, groups, device: str, load_universal: bool = False)
     from m2dist.train.model import build_model_for_training
     from m2dist.train.optimizer import build_optimizer
     from m2dist.train.schedule import build_scheduler
-    from m2dist.train.zero_grad_norm import install_zero_norm_and_clip
+    from m2dist.train.zero_grad_norm import install_zero_grad_norm
 
-    install_zero_norm_and_clip()
+    install_zero_grad_norm()
 
     model = build_model_for_training(cfg, groups)
     optimizer = build_optimizer(model, cfg, device)
