@@ -70,6 +70,10 @@ class DeepSpeedConfig:
     precision: Literal["auto", "fp32", "bf16", "bf16_autocast"] = "auto"
     # A user's own ds_config JSON; when set it is used as given (batch sizes are still checked).
     config_file: Optional[str] = None
+    # ZeRO-1/2: copy each gradient into DeepSpeed's reduction bucket from its backward hook, while the backward still
+    # runs, and reduce buckets as they fill, instead of walking every parameter after the backward (ZeRO-3 always
+    # overlaps). Megatron's --overlap-grad-reduce.
+    overlap_comm: bool = False
 
 
 @dataclass

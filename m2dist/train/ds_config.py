@@ -20,6 +20,20 @@ def gradient_accumulation_steps(cfg: Config, data_parallel_size: int) -> int:
     return t.global_batch_size // per_step
 
 
+# Elements per reduction bucket when gradients are reduced during the backward: Megatron's 40M (its default bucket for
+# overlapped reduction); DeepSpeed's own 5e8 holds a whole 360M-parameter model, so nothing would overlap, and with
+# overlap_comm DeepSpeed keeps two buckets.
+OVERLAP_BUCKET_ELEMENTS = 40_000_000
+
+
+def zero_section(cfg: Config) -> dict:
+    stage = cfg.deepspeed.zero_stage
+    zero = {"stage": stage}
+    if cfg.deepspeed.overlap_comm and stage in (1, 2):
+        zero.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=OVERLAP_BUCKET_ELEMENTS)
+    return zero
+
+
 def build_ds_config(cfg: Config, data_parallel_size: int, device: str, load_universal: bool = False) -> dict:
     """The ds_config, generated from the m2dist config, or the user's ``deepspeed.config_file`` checked against it.
 
@@ -50,7 +64,7 @@ def build_ds_config(cfg: Config, data_parallel_size: int, device: str, load_univ
     else:
         ds = dict(batch)
         ds["gradient_clipping"] = cfg.trainer.grad_clip
-        ds["zero_optimization"] = {"stage": cfg.deepspeed.zero_stage}
+        ds["zero_optimization"] = zero_section(cfg)
         ds.update(ds_precision_section(cfg, device))
         # m2dist logs its own metrics; DeepSpeed's per-step prints would interleave with them.
         ds["steps_per_print"] = 1 << 30
