@@ -60,8 +60,9 @@ RUNS = {
     # The same global batch on one process (gradient accumulation 2).
     "gpt_dp1_z0": ("gpt", 1, ["checkpoint.every=0"]),
     "gpt_dp2_z1": ("gpt", 2, ["deepspeed.zero_stage=1", "checkpoint.every=0"]),
-    # Gradients reduced from the backward hooks (ZeRO-1's hooks copy into the bucket as the backward runs).
-    "gpt_dp2_z1_overlap": ("gpt", 2, ["deepspeed.zero_stage=1", "deepspeed.overlap_comm=true", "checkpoint.every=0"]),
+    # Gradients reduced after the backward, parameter by parameter (the default reduces from the backward hooks).
+    "gpt_dp2_z1_no_overlap": ("gpt", 2, ["deepspeed.zero_stage=1", "deepspeed.overlap_comm=false",
+                                         "checkpoint.every=0"]),
     # ZeRO-2 with checkpoints at 10 and 20: the source of the data-parallel reshard test.
     "gpt_dp2_z2": ("gpt", 2, ["deepspeed.zero_stage=2"]),
     # ZeRO-3, 20 steps, evaluation of the whole val split at 20: the source of the reshard and export tests.

@@ -37,7 +37,7 @@ def test_dp2_matches_dp1_same_global_batch(run):
     assert l1[1] != l1[5]  # it trains (a constant loss would pass trivially)
 
 
-@pytest.mark.parametrize("stage", ["1", "1_overlap", "2", "3"])
+@pytest.mark.parametrize("stage", ["1", "1_no_overlap", "2", "3"])
 def test_zero_stages_match_stage0(run, stage):
     ref, other = mr.losses(run("gpt_dp2_z0")), mr.losses(run(f"gpt_dp2_z{stage}"))
     _assert_close(ref, other, range(1, 6))

@@ -41,13 +41,16 @@ def test_ds_config_from_m2dist_config(tmp_path):
     cfg.deepspeed.precision = "bf16"  # DeepSpeed's own bf16 mode, on request
     assert build_ds_config(cfg, 4, "cuda:0")["bf16"] == {"enabled": True}
     cfg.deepspeed.precision = "auto"
-    # Overlapped reduction: ZeRO-1/2's bucket settings; ZeRO-3 overlaps by itself and stage 0 has no buckets.
-    cfg.deepspeed.overlap_comm = True
-    assert build_ds_config(cfg, 4, "cpu")["zero_optimization"] == {"stage": 3}
+    # Overlapped reduction (the default): ZeRO-1/2's bucket settings; ZeRO-3 overlaps by itself, stage 0 has no
+    # buckets.
     cfg.deepspeed.zero_stage = 1
     assert build_ds_config(cfg, 4, "cpu")["zero_optimization"] == {
         "stage": 1, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": OVERLAP_BUCKET_ELEMENTS}
-    cfg.deepspeed.overlap_comm, cfg.deepspeed.zero_stage = False, 3
+    cfg.deepspeed.zero_stage = 0
+    assert build_ds_config(cfg, 4, "cpu")["zero_optimization"] == {"stage": 0}
+    cfg.deepspeed.overlap_comm, cfg.deepspeed.zero_stage = False, 2
+    assert build_ds_config(cfg, 4, "cpu")["zero_optimization"] == {"stage": 2}
+    cfg.deepspeed.zero_stage = 3
     with pytest.raises(ValueError, match="not a multiple"):
         gradient_accumulation_steps(cfg, 3)
     # A user's own ds_config: used as given, batch keys filled in or checked.
