@@ -12,7 +12,7 @@ Per step of one sequence of L tokens split over CP ranks, per rank:
   layers, divided by the assumed all-to-all bandwidth per GPU. Nothing overlaps compute in the implementation, so
   the two add.
 
-    python3 benchmarks/cp_predict.py                       # the tokens/s of benchmarks/results/run16_train.json
+    python3 benchmarks/cp_predict.py                       # the tokens/s of MEASURED below
     python3 benchmarks/cp_predict.py --tokens-per-s 60000 --link-gbps 200
 """
 
@@ -26,7 +26,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MEASURED = os.path.join(ROOT, "benchmarks", "results", "run20_long.json")
+MEASURED = os.path.join(ROOT, "benchmarks", "results", "run22_table_long.json")
 
 
 def measured_tokens_per_s(path: str, preset: str = "m2-gpt-360m") -> tuple[float, int]:
