@@ -9,6 +9,8 @@ each such module, in place, for its kernel-backed subclass in ``m2dist.kernels.m
     BlockDiagonalProduct      BlockDiagonalKernel                              M2DIST_KERNELS=0
     MonarchProduct            MonarchKernel (choice auto | kernel)             M2DIST_KERNELS=0, M2DIST_MONARCH=einsum
     GeluGLU                   FusedGeluGLU                                     M2DIST_KERNELS=0, M2DIST_FUSED=0
+    MonarchGLU                RecomputingMonarchGLU, only with M2DIST_GLU_RECOMPUTE=1 (saves a (tokens, I)
+                              activation per layer; opt-in until measured on a GPU)
     MixerCore                 FusedMixerCore (whole core fused), or            M2DIST_KERNELS=0
                               LongConvKernelCore with M2DIST_FUSED=0 (per-op long-conv kernel only;
                               M2DIST_LONGCONV=fft | monarch picks it)
@@ -66,6 +68,7 @@ class KernelChoice:
     monarch: str = "auto"  # M2DIST_MONARCH: auto (timed per shape), kernel, einsum (the layer's own path)
     long_conv: str = "fft"  # M2DIST_LONGCONV: fft (cuFFT), monarch (opt-in; slower in its first GPU measurement,
     # benchmarks/NOTES.md attempt 10); used where the whole mixer core is not fused
+    glu_recompute: bool = False  # M2DIST_GLU_RECOMPUTE=1: the MLP's backward recomputes the GLU's output
 
     def __post_init__(self):
         if self.monarch not in MONARCH_CHOICES:
@@ -77,7 +80,8 @@ class KernelChoice:
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "KernelChoice":
         env = os.environ if environ is None else environ
         return cls(enabled=env.get("M2DIST_KERNELS", "1") != "0", fused=env.get("M2DIST_FUSED", "1") != "0",
-                   monarch=env.get("M2DIST_MONARCH", "auto"), long_conv=env.get("M2DIST_LONGCONV", "fft"))
+                   monarch=env.get("M2DIST_MONARCH", "auto"), long_conv=env.get("M2DIST_LONGCONV", "fft"),
+                   glu_recompute=env.get("M2DIST_GLU_RECOMPUTE", "0") == "1")
 
 
 def _swap(module: nn.Module, choice: KernelChoice) -> None:
@@ -91,6 +95,8 @@ def _swap(module: nn.Module, choice: KernelChoice) -> None:
         module.choice = choice.monarch
     elif cls is GeluGLU and choice.fused:
         module.__class__ = km.FusedGeluGLU
+    elif cls is MonarchGLU and choice.fused and choice.glu_recompute:
+        module.__class__ = km.RecomputingMonarchGLU
     elif cls is MixerCore:
         module.__class__ = km.FusedMixerCore if choice.fused else km.LongConvKernelCore
         module.long_conv_kernel = choice.long_conv

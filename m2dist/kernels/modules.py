@@ -9,6 +9,7 @@ shows up: importing triton fixes its interpreter mode for the process, and the C
     monarch.blockdiag.BlockDiagonalProduct     BlockDiagonalKernel        block_diagonal.block_diagonal_matmul
     monarch.monarch_linear.MonarchProduct      MonarchKernel              monarch_matmul.monarch_matmul
     models.monarch_mlp.GeluGLU                 FusedGeluGLU               glu.gelu_glu
+    models.monarch_mlp.MonarchGLU              RecomputingMonarchGLU      glu_block_diagonal (opt-in)
     models.sequence_mixer.MixerCore            LongConvKernelCore         ops.mixer_core's body, fused long convs
                                                FusedMixerCore             mixer_core.fused_mixer_core (whole core)
     torch.nn.LayerNorm (feeding a matmul)      FusedLayerNorm             layer_norm.layer_norm (output in bf16)
@@ -22,9 +23,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from m2dist.models.monarch_mlp import GeluGLU
+from m2dist.models.monarch_mlp import GeluGLU, MonarchGLU
 from m2dist.models.sequence_mixer import MixerCore
-from m2dist.monarch.blockdiag import BlockDiagonalProduct
+from m2dist.monarch.blockdiag import BlockDiagonalLinear, BlockDiagonalProduct
 from m2dist.monarch.monarch_linear import MonarchProduct
 from m2dist.ops.long_conv import check_long_conv_inputs, long_conv
 from m2dist.ops.mixer_core import check_mixer_core_inputs
@@ -100,6 +101,25 @@ class FusedGeluGLU(GeluGLU):
 
             return gelu_glu(g)
         return super().forward(g)
+
+
+class RecomputingMonarchGLU(MonarchGLU):
+    """The block-diagonal Monarch MLP whose backward recomputes the GLU's output instead of keeping it
+    (``m2dist.kernels.glu_block_diagonal``): a (tokens, I) activation less per layer. Where that op does not apply
+    (no GPU, active dropout, ``mlp_type="monarch"``, dtypes of ``_kernel_inputs``) it is the reference MLP."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        g = self.gated_proj(h)
+        out = self.out_proj
+        if (_on_gpu(g) and isinstance(out, BlockDiagonalLinear) and isinstance(self.act, GeluGLU)
+                and not (self.training and self.dropout.p > 0) and g.dtype != torch.float64
+                and g.shape[-1] == 2 * out.weight.shape[0] * out.weight.shape[2]):
+            args = _kernel_inputs(g, (out.weight,), out.bias)
+            if args is not None:
+                from m2dist.kernels.glu_block_diagonal import gelu_glu_block_diagonal
+
+                return gelu_glu_block_diagonal(*args)
+        return out(self.dropout(self.act(g)))
 
 
 def kernel_long_conv(u: torch.Tensor, k_fwd: torch.Tensor, k_rev: Optional[torch.Tensor] = None,
