@@ -16,7 +16,7 @@ would take its math path and keep the (L, L) scores.
 
     python3 benchmarks/activation_memory.py                          # the issue's rows
     ROWS=m2-gpt-360m@2048 DETAIL=1 python3 benchmarks/activation_memory.py   # every saved tensor of one layer
-    M2DIST_GLU_RECOMPUTE=1 ROWS=m2-gpt-360m@2048 python3 benchmarks/activation_memory.py
+    M2DIST_MLP_RECOMPUTE=mlp ROWS=m2-gpt-360m@2048 python3 benchmarks/activation_memory.py   # with a converter option
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def main() -> int:
             print(f"      {path:<40} {str(shape):<24} {dtype:<9} {nbytes / 2**20:9.1f} MiB")
     name = os.environ.get("RESULT_NAME", "activation_memory.json")
     if os.environ.get("SAVE", "1") == "1":
-        save(name, dict(rows=rows, glu_recompute=os.environ.get("M2DIST_GLU_RECOMPUTE", "0")))
+        save(name, dict(rows=rows, mlp_recompute=os.environ.get("M2DIST_MLP_RECOMPUTE", "none")))
     return 0
 
 

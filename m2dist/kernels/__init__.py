@@ -9,8 +9,8 @@ reference where a kernel does not apply. The kernels:
 * `monarch_matmul.monarch_matmul`: order-2 Monarch layer (two block-diagonal factors, two permutations), forward +
   all gradients, on the same strided batched-matmul kernel with the permutations read and written as strided views.
 * `glu.gelu_glu`: the Monarch MLP's GELU gate in one pass each way.
-* `glu_block_diagonal.gelu_glu_block_diagonal`: that gate and the MLP's second block-diagonal layer as one op whose
-  backward recomputes the gate's output instead of keeping it (opt-in, `M2DIST_GLU_RECOMPUTE=1`).
+* `mlp_recompute`: the Monarch MLP (or its gate and second layer) as one op whose backward recomputes the
+  intermediates instead of keeping them (opt-in, `M2DIST_MLP_RECOMPUTE=glu|mlp`).
 * `layer_norm.layer_norm`: LayerNorm with fp32 statistics and its output in the dtype the next matmul reads, one pass
   each way (the norms that feed matmuls).
 * `mixer_core.fused_mixer_core`: the whole sequence-mixer core (short conv, gates, long convs, skips) as Triton passes

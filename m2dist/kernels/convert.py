@@ -9,8 +9,9 @@ each such module, in place, for its kernel-backed subclass in ``m2dist.kernels.m
     BlockDiagonalProduct      BlockDiagonalKernel                              M2DIST_KERNELS=0
     MonarchProduct            MonarchKernel (choice auto | kernel)             M2DIST_KERNELS=0, M2DIST_MONARCH=einsum
     GeluGLU                   FusedGeluGLU                                     M2DIST_KERNELS=0, M2DIST_FUSED=0
-    MonarchGLU                RecomputingMonarchGLU, only with M2DIST_GLU_RECOMPUTE=1 (saves a (tokens, I)
-                              activation per layer; opt-in until measured on a GPU)
+    MonarchGLU                RecomputingMonarchGLU, only with M2DIST_MLP_RECOMPUTE=glu | mlp (the backward
+                              recomputes the GLU's output, or every intermediate of the MLP; opt-in until measured
+                              on a GPU)
     MixerCore                 FusedMixerCore (whole core fused), or            M2DIST_KERNELS=0
                               LongConvKernelCore with M2DIST_FUSED=0 (per-op long-conv kernel only;
                               M2DIST_LONGCONV=fft | monarch picks it)
@@ -57,6 +58,7 @@ from m2dist.monarch.monarch_linear import MonarchProduct
 
 MONARCH_CHOICES = ("auto", "kernel", "einsum")
 LONG_CONV_CHOICES = ("fft", "monarch")
+MLP_RECOMPUTE_CHOICES = ("none", "glu", "mlp")
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,13 @@ class KernelChoice:
     monarch: str = "auto"  # M2DIST_MONARCH: auto (timed per shape), kernel, einsum (the layer's own path)
     long_conv: str = "fft"  # M2DIST_LONGCONV: fft (cuFFT), monarch (opt-in; slower in its first GPU measurement,
     # benchmarks/NOTES.md attempt 10); used where the whole mixer core is not fused
-    glu_recompute: bool = False  # M2DIST_GLU_RECOMPUTE=1: the MLP's backward recomputes the GLU's output
+    mlp_recompute: str = "none"  # M2DIST_MLP_RECOMPUTE: none, glu (the GLU's output), mlp (all the MLP keeps)
 
     def __post_init__(self):
         if self.monarch not in MONARCH_CHOICES:
             raise ValueError(f"M2DIST_MONARCH must be one of {MONARCH_CHOICES}, got {self.monarch!r}")
+        if self.mlp_recompute not in MLP_RECOMPUTE_CHOICES:
+            raise ValueError(f"M2DIST_MLP_RECOMPUTE must be one of {MLP_RECOMPUTE_CHOICES}, got {self.mlp_recompute!r}")
         if self.long_conv not in LONG_CONV_CHOICES:
             raise ValueError(f"M2DIST_LONGCONV must be one of {LONG_CONV_CHOICES}, got {self.long_conv!r}")
 
@@ -81,7 +85,7 @@ class KernelChoice:
         env = os.environ if environ is None else environ
         return cls(enabled=env.get("M2DIST_KERNELS", "1") != "0", fused=env.get("M2DIST_FUSED", "1") != "0",
                    monarch=env.get("M2DIST_MONARCH", "auto"), long_conv=env.get("M2DIST_LONGCONV", "fft"),
-                   glu_recompute=env.get("M2DIST_GLU_RECOMPUTE", "0") == "1")
+                   mlp_recompute=env.get("M2DIST_MLP_RECOMPUTE", "none"))
 
 
 def _swap(module: nn.Module, choice: KernelChoice) -> None:
@@ -95,8 +99,9 @@ def _swap(module: nn.Module, choice: KernelChoice) -> None:
         module.choice = choice.monarch
     elif cls is GeluGLU and choice.fused:
         module.__class__ = km.FusedGeluGLU
-    elif cls is MonarchGLU and choice.fused and choice.glu_recompute:
+    elif cls is MonarchGLU and choice.fused and choice.mlp_recompute != "none":
         module.__class__ = km.RecomputingMonarchGLU
+        module.recompute = choice.mlp_recompute
     elif cls is MixerCore:
         module.__class__ = km.FusedMixerCore if choice.fused else km.LongConvKernelCore
         module.long_conv_kernel = choice.long_conv

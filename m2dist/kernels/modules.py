@@ -9,7 +9,7 @@ shows up: importing triton fixes its interpreter mode for the process, and the C
     monarch.blockdiag.BlockDiagonalProduct     BlockDiagonalKernel        block_diagonal.block_diagonal_matmul
     monarch.monarch_linear.MonarchProduct      MonarchKernel              monarch_matmul.monarch_matmul
     models.monarch_mlp.GeluGLU                 FusedGeluGLU               glu.gelu_glu
-    models.monarch_mlp.MonarchGLU              RecomputingMonarchGLU      glu_block_diagonal (opt-in)
+    models.monarch_mlp.MonarchGLU              RecomputingMonarchGLU      mlp_recompute (opt-in)
     models.sequence_mixer.MixerCore            LongConvKernelCore         ops.mixer_core's body, fused long convs
                                                FusedMixerCore             mixer_core.fused_mixer_core (whole core)
     torch.nn.LayerNorm (feeding a matmul)      FusedLayerNorm             layer_norm.layer_norm (output in bf16)
@@ -104,19 +104,32 @@ class FusedGeluGLU(GeluGLU):
 
 
 class RecomputingMonarchGLU(MonarchGLU):
-    """The block-diagonal Monarch MLP whose backward recomputes the GLU's output instead of keeping it
-    (``m2dist.kernels.glu_block_diagonal``): a (tokens, I) activation less per layer. Where that op does not apply
-    (no GPU, active dropout, ``mlp_type="monarch"``, dtypes of ``_kernel_inputs``) it is the reference MLP."""
+    """The block-diagonal Monarch MLP whose backward recomputes its intermediates instead of keeping them
+    (``m2dist.kernels.mlp_recompute``). ``recompute`` (set by ``accelerate``): "glu" keeps the GLU's input and
+    recomputes its output, a (tokens, I) activation less per layer; "mlp" keeps only the MLP's input, 3I less, for
+    the first product again in the backward. Where the ops do not apply (no GPU, active dropout,
+    ``mlp_type="monarch"``, dtypes of ``_kernel_inputs``) it is the reference MLP."""
+
+    recompute = "glu"
+
+    def _applies(self, x: torch.Tensor) -> bool:
+        return (_on_gpu(x) and isinstance(self.gated_proj, BlockDiagonalLinear) and self.gated_proj.bias is None
+                and isinstance(self.out_proj, BlockDiagonalLinear) and isinstance(self.act, GeluGLU)
+                and not (self.training and self.dropout.p > 0) and x.dtype != torch.float64)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        w1, out = self.gated_proj.weight, self.out_proj
+        if self.recompute == "mlp" and self._applies(h) and h.shape[-1] == w1.shape[0] * w1.shape[2]:
+            args = _kernel_inputs(h, (w1, out.weight), out.bias)
+            if args is not None:
+                from m2dist.kernels.mlp_recompute import monarch_glu_mlp
+
+                return monarch_glu_mlp(*args)
         g = self.gated_proj(h)
-        out = self.out_proj
-        if (_on_gpu(g) and isinstance(out, BlockDiagonalLinear) and isinstance(self.act, GeluGLU)
-                and not (self.training and self.dropout.p > 0) and g.dtype != torch.float64
-                and g.shape[-1] == 2 * out.weight.shape[0] * out.weight.shape[2]):
+        if self._applies(g) and g.shape[-1] == 2 * out.weight.shape[0] * out.weight.shape[2]:
             args = _kernel_inputs(g, (out.weight,), out.bias)
             if args is not None:
-                from m2dist.kernels.glu_block_diagonal import gelu_glu_block_diagonal
+                from m2dist.kernels.mlp_recompute import gelu_glu_block_diagonal
 
                 return gelu_glu_block_diagonal(*args)
         return out(self.dropout(self.act(g)))
