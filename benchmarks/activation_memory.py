@@ -4,7 +4,8 @@ The model of a ``train_bench.py`` row (same config, same converter and layer opt
 on fake CUDA tensors (``torch._subclasses.FakeTensorMode``: shapes and dtypes, no data, no GPU), under bf16 autocast,
 with ``accelerate``'s kernel-backed modules taking their GPU branches (their ops' fake implementations give the
 outputs). Every tensor autograd saves is recorded with the module that saved it; tensors sharing storage count once,
-and parameters (not activations) are left out. So the table is the activation memory at the end of the forward --
+and parameters (not activations) are left out -- but not their bf16 copies under autocast, which a step holds too
+(a few MiB a layer). So the table is the activation memory at the end of the forward --
 what a step holds when its backward starts -- at the row's tokens per step, without running the kernels. The
 measured peak is higher by the backward's transients (first of all the loss's gradient over the vocabulary).
 
@@ -96,13 +97,14 @@ def measure(preset: str, length: int) -> dict:
                 seen.add(key)
                 saved.append((stack[-1], tuple(t.shape), str(t.dtype).replace("torch.", ""),
                               t.untyped_storage().nbytes()))
-            return t
+            return t.detach()  # not t itself: a saved output would hold its own graph alive (a cycle)
 
         ids = torch.zeros(batch, length, dtype=torch.long, device="cuda")
         labels = torch.zeros(batch, length, dtype=torch.long, device="cuda")
         if task_of(cfg) == "mlm":
             labels[:, ::7] = IGNORE_INDEX  # fake tensors carry no values; only shapes matter
         original_sdpa = F.scaled_dot_product_attention
+        was = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
         F.scaled_dot_product_attention = _FlashLikeAttention.apply
         # autocast("cuda") turns itself off without a CUDA device; the flags themselves take effect on fake tensors
         torch.set_autocast_dtype("cuda", torch.bfloat16)
@@ -113,10 +115,13 @@ def measure(preset: str, length: int) -> dict:
                 torch.set_autocast_enabled("cuda", False)
                 training_loss_sum(model, logits, labels)
         finally:
-            torch.set_autocast_enabled("cuda", False)
+            # the process's autocast state as it was (a test process goes on), its cast cache emptied
+            torch.set_autocast_enabled("cuda", was[0])
+            torch.set_autocast_dtype("cuda", was[1])
+            torch.clear_autocast_cache()
             F.scaled_dot_product_attention = original_sdpa
-    for h in hooks:
-        h.remove()
+            for h in hooks:
+                h.remove()
 
     per_layer = collections.defaultdict(int)
     for path, _, _, nbytes in saved:

@@ -70,10 +70,12 @@ class DeepSpeedConfig:
     precision: Literal["auto", "fp32", "bf16", "bf16_autocast"] = "auto"
     # A user's own ds_config JSON; when set it is used as given (batch sizes are still checked).
     config_file: Optional[str] = None
-    # ZeRO-1/2: copy each gradient into DeepSpeed's reduction bucket from its backward hook, while the backward still
-    # runs, and reduce buckets as they fill, instead of walking every parameter after the backward (ZeRO-3 always
-    # overlaps). Megatron's --overlap-grad-reduce. On by default: +1.8% (ZeRO-1) and +2.5% (ZeRO-2) tokens/s for
-    # M2-GPT-360M @2048 on one H200, neutral for the other rows, the same peak memory (benchmarks/NOTES.md, attempt 24).
+    # ZeRO-1/2/3 (the generated ds_config; a config_file says its own): copy each gradient into DeepSpeed's reduction
+    # bucket from its backward hook, while the backward still runs, and reduce buckets as they fill, instead of walking
+    # every parameter after the backward. Megatron's --overlap-grad-reduce. On by default, for the reduction it hides
+    # behind the backward on several GPUs (not measured yet); on one H200 it measured +1.8% (ZeRO-1) and +2.5% (ZeRO-2)
+    # tokens/s for M2-GPT-360M @2048 and -5.3% for BERT-base @128, all within the spread between calls, with the same
+    # peak memory (benchmarks/NOTES.md, attempt 24).
     overlap_comm: bool = True
 
 

@@ -9,9 +9,9 @@ each such module, in place, for its kernel-backed subclass in ``m2dist.kernels.m
     BlockDiagonalProduct      BlockDiagonalKernel                              M2DIST_KERNELS=0
     MonarchProduct            MonarchKernel (choice auto | kernel)             M2DIST_KERNELS=0, M2DIST_MONARCH=einsum
     GeluGLU                   FusedGeluGLU                                     M2DIST_KERNELS=0, M2DIST_FUSED=0
-    MonarchGLU                RecomputingMonarchGLU, only with M2DIST_MLP_RECOMPUTE=glu | mlp (the backward
-                              recomputes the GLU's output, or every intermediate of the MLP; opt-in until measured
-                              on a GPU)
+    MonarchGLU                RecomputingMonarchGLU, only with                 M2DIST_KERNELS=0, M2DIST_FUSED=0
+                              M2DIST_MLP_RECOMPUTE=glu | mlp (the backward recomputes the GLU's output, or every
+                              intermediate of the MLP; opt-in until measured on a GPU)
     MixerCore                 FusedMixerCore (whole core fused), or            M2DIST_KERNELS=0
                               LongConvKernelCore with M2DIST_FUSED=0 (per-op long-conv kernel only;
                               M2DIST_LONGCONV=fft | monarch picks it)

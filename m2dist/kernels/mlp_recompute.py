@@ -5,7 +5,8 @@ activations per layer at I = 4H, the largest share of an M2 layer's memory (``be
 * ``gelu_glu_block_diagonal(g, w2, b2)``: the MLP's second half, ``BD(w2) gelu_glu(g) + b2``, keeps g and not a; the
   backward recomputes a (one elementwise pass over g).
 * ``monarch_glu_mlp(h, w1, w2, b2)``: the whole MLP, ``BD(w2) gelu_glu(BD(w1) h) + b2``, keeps only its input h;
-  the backward recomputes g (the first block-diagonal product again, +1/3 of the MLP's forward FLOPs) and a.
+  the backward recomputes g (the first block-diagonal product again: 2/3 of the MLP's forward FLOPs, +22% of its
+  forward and backward) and a.
 
 Both run the kernels of ``glu`` and ``block_diagonal`` in the unfused order, so outputs and gradients are those of
 the unfused MLP, bit for bit on the same device.

@@ -108,7 +108,8 @@ class RecomputingMonarchGLU(MonarchGLU):
     (``m2dist.kernels.mlp_recompute``). ``recompute`` (set by ``accelerate``): "glu" keeps the GLU's input and
     recomputes its output, a (tokens, I) activation less per layer; "mlp" keeps only the MLP's input, 3I less, for
     the first product again in the backward. Where the ops do not apply (no GPU, active dropout,
-    ``mlp_type="monarch"``, dtypes of ``_kernel_inputs``) it is the reference MLP."""
+    ``mlp_type="monarch"``, dtypes of ``_kernel_inputs``) it runs as an unconverted MLP would: its submodules, with
+    whatever kernels ``accelerate`` put in them."""
 
     recompute = "glu"
 

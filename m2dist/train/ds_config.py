@@ -31,6 +31,8 @@ def zero_section(cfg: Config) -> dict:
     zero = {"stage": stage}
     if cfg.deepspeed.overlap_comm and stage in (1, 2):
         zero.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=OVERLAP_BUCKET_ELEMENTS)
+    elif stage == 3 and not cfg.deepspeed.overlap_comm:
+        zero["overlap_comm"] = False  # DeepSpeed overlaps ZeRO-3 unless told not to
     return zero
 
 

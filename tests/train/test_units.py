@@ -48,9 +48,13 @@ def test_ds_config_from_m2dist_config(tmp_path):
         "stage": 1, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": OVERLAP_BUCKET_ELEMENTS}
     cfg.deepspeed.zero_stage = 0
     assert build_ds_config(cfg, 4, "cpu")["zero_optimization"] == {"stage": 0}
-    cfg.deepspeed.overlap_comm, cfg.deepspeed.zero_stage = False, 2
+    cfg.deepspeed.zero_stage = 2
+    assert build_ds_config(cfg, 4, "cpu")["zero_optimization"]["overlap_comm"]
+    cfg.deepspeed.overlap_comm = False
     assert build_ds_config(cfg, 4, "cpu")["zero_optimization"] == {"stage": 2}
-    cfg.deepspeed.zero_stage = 3
+    cfg.deepspeed.zero_stage = 3  # off means off for ZeRO-3 too, whose DeepSpeed default is on
+    assert build_ds_config(cfg, 4, "cpu")["zero_optimization"] == {"stage": 3, "overlap_comm": False}
+    cfg.deepspeed.overlap_comm = True
     with pytest.raises(ValueError, match="not a multiple"):
         gradient_accumulation_steps(cfg, 3)
     # A user's own ds_config: used as given, batch keys filled in or checked.
