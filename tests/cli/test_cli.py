@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,12 @@ def test_mistyped_key_exits_nonzero_with_one_line_error():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "trainer.max_stepz" in lines[0] and "trainer.max_steps" in lines[0] and "command line" in lines[0]
+
+
+def test_bench_memory_runs_without_a_gpu(tmp_path):
+    # the one benchmark that needs no GPU: it computes what a step keeps on fake CUDA tensors
+    env = dict(os.environ, ROWS="m2-gpt-tiny@128", TOKENS="512", OUT=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "m2dist", "bench", "memory"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "m2-gpt-tiny @128: 512 tokens" in proc.stdout and (tmp_path / "activation_memory.json").exists()

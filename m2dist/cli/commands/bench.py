@@ -1,4 +1,5 @@
-"""``m2dist bench kernels|layers|profile|train``: run the GPU benchmark scripts in ``benchmarks/`` (see its README).
+"""``m2dist bench kernels|layers|profile|train|memory``: run the benchmark scripts in ``benchmarks/`` (see its README);
+all but ``memory`` (what a training step keeps for the backward, computed on fake CUDA tensors) need a GPU.
 
 The scripts read their knobs from the environment (LENS, QUICK, M2_REFERENCE_DIR, OUT, ...); this command only
 locates and runs them, so ``m2dist bench layers`` and ``python3 benchmarks/layer_bench.py`` are the same run.
@@ -7,7 +8,8 @@ locates and runs them, so ``m2dist bench layers`` and ``python3 benchmarks/layer
 from __future__ import annotations
 
 SCRIPTS = {"kernels": "kernel_bench.py", "layers": "layer_bench.py", "profile": "profile_layer.py",
-           "train": "train_bench.py"}
+           "train": "train_bench.py", "memory": "activation_memory.py"}
+RUN_ON_CPU = {"memory"}
 
 
 def _run(args) -> int:
@@ -22,7 +24,7 @@ def _run(args) -> int:
         return 2
     import torch
 
-    if not torch.cuda.is_available():
+    if args.what not in RUN_ON_CPU and not torch.cuda.is_available():
         print("m2dist bench: needs a CUDA device (see benchmarks/README.md)", file=sys.stderr)
         return 2
     sys.path.insert(0, os.path.dirname(path))
@@ -31,6 +33,8 @@ def _run(args) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="GPU benchmarks: kernels, layer stacks, a step profile, the trainer beside the bare model")
+    parser = subparsers.add_parser(
+        "bench", help="benchmarks: kernels, layer stacks, a step profile, the trainer beside the bare model (GPU); "
+                      "a step's activation memory (CPU)")
     parser.add_argument("what", choices=sorted(SCRIPTS), help="which benchmark script to run")
     parser.set_defaults(func=_run)
