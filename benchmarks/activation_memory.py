@@ -22,7 +22,6 @@ would take its math path and keep the (L, L) scores.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import re
 import sys

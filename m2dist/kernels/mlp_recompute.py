@@ -34,6 +34,10 @@ def _second_half_backward(gy, g, w2, b2):
     return dg, gw2, _bias_grad(gy, b2)
 
 
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)  # the inputs only: what each backward needs besides them it recomputes
+
+
 # ------------------------------------------------------------------------------------- GLU + second product
 @torch.library.custom_op("m2dist::gelu_glu_block_diagonal", mutates_args=())
 def _glu_bd_op(g: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -59,17 +63,13 @@ def _(gy, g, weight, bias):
             bias.new_empty(bias.shape) if bias is not None else gy.new_empty(0)]
 
 
-def _glu_bd_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
 def _glu_bd_backward(ctx, gy):
     g, weight, bias = ctx.saved_tensors
     dg, gw, gb = _glu_bd_backward_op(gy, g, weight, bias)
     return dg, gw, (gb if bias is not None else None)
 
 
-_glu_bd_op.register_autograd(_glu_bd_backward, setup_context=_glu_bd_setup)
+_glu_bd_op.register_autograd(_glu_bd_backward, setup_context=_save_inputs)
 
 
 # ---------------------------------------------------------------------------------------------- whole MLP
@@ -101,17 +101,13 @@ def _(gy, h, w1, w2, b2):
             b2.new_empty(b2.shape) if b2 is not None else gy.new_empty(0)]
 
 
-def _mlp_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
 def _mlp_backward(ctx, gy):
     h, w1, w2, b2 = ctx.saved_tensors
     dh, gw1, gw2, gb2 = _mlp_backward_op(gy, h, w1, w2, b2)
     return dh, gw1, gw2, (gb2 if b2 is not None else None)
 
 
-_mlp_op.register_autograd(_mlp_backward, setup_context=_mlp_setup)
+_mlp_op.register_autograd(_mlp_backward, setup_context=_save_inputs)
 
 
 # ------------------------------------------------------------------------------------------------ entries

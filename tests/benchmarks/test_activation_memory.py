@@ -11,7 +11,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmar
 import activation_memory  # noqa: E402
 
 
-
 def _row(monkeypatch, recompute: str):
     monkeypatch.setenv("TOKENS", "512")
     monkeypatch.setenv("M2DIST_MLP_RECOMPUTE", recompute)
